@@ -1,0 +1,269 @@
+"""Adapter layers that wrap a frozen ``nn.Linear``.
+
+A wrapped linear may be adapted as one block or as several equal row blocks
+("parts", e.g. q, k and v of a fused ``qkv`` projection).  Every part is an
+independent adapter with its own rank; the parts of one layer are stored stacked
+along a leading dimension so that the forward pass costs two batched matmuls
+whatever the number of parts.
+
+Shapes, with ``n`` parts, ``R`` slots (capacity), ``d_in`` inputs and
+``d_part = out_features / n`` outputs per part:
+
+    lora_A  (n, R, d_in)     Q  (right singular vectors, rows)
+    lora_E  (n, R)           lambda (singular values)          [SVD form only]
+    lora_B  (n, d_part, R)   P  (left singular vectors, columns)
+    rank_mask (n, R) bool    active slots                      [SVD form only]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AdaptedLinear(nn.Module):
+    """Common part of the adapter layers: a frozen base ``nn.Linear`` plus a
+    low-rank update ``left @ diag(scale) @ right`` per part."""
+
+    def __init__(self, base_layer: nn.Linear, parts: Sequence[str] | None, capacity: int, dropout: float):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"adapters wrap nn.Linear modules, got {type(base_layer).__name__}")
+        n_parts = len(parts) if parts else 1
+        if base_layer.out_features % n_parts:
+            raise ValueError(
+                f"cannot split a Linear with {base_layer.out_features} outputs into "
+                f"{n_parts} equal parts {list(parts or [])}"
+            )
+        self.base_layer = base_layer
+        self.part_names: tuple[str | None, ...] = tuple(parts) if parts else (None,)
+        self.capacity = capacity
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        base_layer.weight.requires_grad_(False)
+        if base_layer.bias is not None:
+            base_layer.bias.requires_grad_(False)
+
+    # Expose the wrapped layer's attributes so code that reads them keeps working.
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    @property
+    def n_parts(self) -> int:
+        return len(self.part_names)
+
+    @property
+    def part_features(self) -> int:
+        return self.base_layer.out_features // self.n_parts
+
+    def slot_scale(self) -> Tensor:
+        """Per-slot multiplier of shape (n, R): what multiplies ``right @ x``."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> Tensor:
+        """The update ``scaling * P diag(lambda) Q`` as an (out, in) matrix."""
+        left = self.lora_B * self.slot_scale().unsqueeze(1)  # (n, d_part, R)
+        return torch.bmm(left, self.lora_A).reshape(self.out_features, self.in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        result = self.base_layer(x)
+        if self.merged:
+            return result
+        right = self.lora_A
+        if not torch.is_autocast_enabled() and x.dtype != right.dtype:
+            x = x.to(right.dtype)
+        n, capacity, d_in = right.shape
+        # z = Q x for every slot of every part, then scaled by lambda * mask * alpha / r.
+        z = F.linear(self.dropout(x), right.reshape(n * capacity, d_in))
+        z = z * self.slot_scale().reshape(n * capacity)
+        if n == 1:
+            delta = F.linear(z, self.lora_B[0])
+        else:
+            lead = z.shape[:-1]
+            z = z.reshape(-1, n, capacity).transpose(0, 1)  # (n, N, R)
+            delta = torch.bmm(z, self.lora_B.transpose(1, 2))  # (n, N, d_part)
+            delta = delta.transpose(0, 1).reshape(*lead, n * self.part_features)
+        return result + delta.to(result.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight (zero inference overhead)."""
+        if self.merged:
+            return
+        weight = self.base_layer.weight
+        weight += self.delta_weight().to(weight.dtype)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo :meth:`merge`."""
+        if not self.merged:
+            return
+        weight = self.base_layer.weight
+        weight -= self.delta_weight().to(weight.dtype)
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        parts = ",".join(p for p in self.part_names if p) or "-"
+        return f"in={self.in_features}, out={self.out_features}, parts={parts}, capacity={self.capacity}"
+
+
+class SVDLinear(AdaptedLinear):
+    """``W0 + P diag(lambda) Q * alpha / r`` with a fixed capacity and a mask of
+    active slots (METHOD.md sections 1 and 5).
+
+    ``lambda`` starts at zero, so a freshly wrapped layer computes exactly what
+    the base layer computes.  Shapes never change: pruning clears a mask bit,
+    expansion sets one and re-initialises that slot.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        parts: Sequence[str] | None,
+        rank: int,
+        capacity: int,
+        scaling: float,
+        dropout: float = 0.0,
+        init: str = "gaussian",
+        init_std: float = 0.02,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(base_layer, parts, capacity, dropout)
+        n, d_in, d_part = self.n_parts, self.in_features, self.part_features
+        factory = {"device": base_layer.weight.device, "dtype": _adapter_dtype(base_layer.weight)}
+        self.scaling = float(scaling)
+        self.lora_A = nn.Parameter(torch.empty(n, capacity, d_in, **factory))
+        self.lora_E = nn.Parameter(torch.zeros(n, capacity, **factory))
+        self.lora_B = nn.Parameter(torch.empty(n, d_part, capacity, **factory))
+        mask = torch.zeros(n, capacity, dtype=torch.bool, device=factory["device"])
+        mask[:, :rank] = True
+        self.register_buffer("rank_mask", mask)
+        self.reset_factors(init, init_std, generator)
+
+    @torch.no_grad()
+    def reset_factors(self, init: str, init_std: float, generator: torch.Generator | None) -> None:
+        if init == "gaussian":
+            self.lora_A.copy_(_randn(self.lora_A.shape, generator) * init_std)
+            self.lora_B.copy_(_randn(self.lora_B.shape, generator) * init_std)
+        elif init == "orthogonal":
+            for p in range(self.n_parts):
+                self.lora_A[p].copy_(_orthonormal_rows(self.capacity, self.in_features, generator))
+                self.lora_B[p].copy_(_orthonormal_rows(self.capacity, self.part_features, generator).T)
+        else:
+            raise ValueError(f"unknown init {init!r}; expected 'gaussian' or 'orthogonal'")
+        self.lora_E.zero_()
+
+    def slot_scale(self) -> Tensor:
+        return self.lora_E * self.rank_mask * self.scaling
+
+    def ranks(self) -> list[int]:
+        return [int(r) for r in self.rank_mask.sum(dim=1).tolist()]
+
+
+class LoRALinear(AdaptedLinear):
+    """Fixed-rank LoRA in ``B A`` form (the baseline): ``W0 + B A * alpha / r``.
+
+    ``B`` starts at zero, ``A`` uniformly (Kaiming), as in LoRA and PEFT.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        parts: Sequence[str] | None,
+        rank: int,
+        scaling: float,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(base_layer, parts, rank, dropout)
+        n, d_in, d_part = self.n_parts, self.in_features, self.part_features
+        factory = {"device": base_layer.weight.device, "dtype": _adapter_dtype(base_layer.weight)}
+        self.scaling = float(scaling)
+        bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on an (r, d_in) matrix
+        A = (torch.rand((n, rank, d_in), generator=generator) * 2 - 1) * bound
+        self.lora_A = nn.Parameter(A.to(**factory))
+        self.lora_B = nn.Parameter(torch.zeros(n, d_part, rank, **factory))
+        self.register_buffer("_scale", torch.full((n, rank), self.scaling, **factory), persistent=False)
+
+    def slot_scale(self) -> Tensor:
+        return self._scale
+
+    def ranks(self) -> list[int]:
+        return [self.capacity] * self.n_parts
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One adapter: part ``part`` of the layer ``layer``, named ``name``.
+
+    ``<module name>`` for an unsplit layer, ``<module name>.<part name>`` for a
+    part of a fused projection (e.g. ``blocks.3.attn.qkv.v``).
+    """
+
+    name: str
+    layer: AdaptedLinear
+    part: int
+
+    @property
+    def rank(self) -> int:
+        return self.layer.ranks()[self.part]
+
+    @property
+    def active_slots(self) -> Tensor:
+        """Indices of the active slots, shape (rank,)."""
+        if isinstance(self.layer, SVDLinear):
+            return self.layer.rank_mask[self.part].nonzero().flatten()
+        return torch.arange(self.layer.capacity, device=self.layer.lora_A.device)
+
+    @property
+    def P(self) -> Tensor:
+        """Active columns of P (``lora_B``), shape (d_part, rank)."""
+        return self.layer.lora_B[self.part][:, self.active_slots]
+
+    @property
+    def Q(self) -> Tensor:
+        """Active rows of Q (``lora_A``), shape (rank, d_in)."""
+        return self.layer.lora_A[self.part][self.active_slots]
+
+    @property
+    def lam(self) -> Tensor:
+        """Active singular values (``lora_E``), shape (rank,)."""
+        if not isinstance(self.layer, SVDLinear):
+            raise AttributeError("fixed-rank LoRA adapters have no singular values")
+        return self.layer.lora_E[self.part][self.active_slots]
+
+
+def _adapter_dtype(weight: Tensor) -> torch.dtype:
+    # Adapters train in fp32 even when the frozen base is stored in half precision.
+    return weight.dtype if weight.dtype == torch.float64 else torch.float32
+
+
+def _randn(shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(shape, generator=generator)
+
+
+def _orthonormal_rows(rows: int, cols: int, generator: torch.Generator | None) -> Tensor:
+    """A (rows, cols) matrix whose rows are orthonormal (or columns, if rows > cols)."""
+    g = _randn(torch.Size((max(rows, cols), min(rows, cols))), generator)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    return q.T if rows <= cols else q

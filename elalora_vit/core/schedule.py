@@ -1,0 +1,64 @@
+"""The three-phase schedule of ElaLoRA (METHOD.md section 3).
+
+Steps are counted from 1: step ``t`` is the ``t``-th optimizer step just taken.
+
+1. warm-up, ``t <= t_warmup``: scores accumulate, ranks stay.
+2. adjustment, ``t_warmup < t <= T - t_stabilize``: a round every ``t_adjust`` steps.
+3. stabilisation, ``t > T - t_stabilize``: ranks frozen, scores no longer updated.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .config import ConfigError, ElaLoRAConfig
+
+WARMUP, ADJUST, STABILIZE = "warmup", "adjust", "stabilize"
+
+
+def check_schedule(config: ElaLoRAConfig, total_steps: int) -> None:
+    """Raise :class:`ConfigError` when the phases do not fit in ``total_steps``."""
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ConfigError(f"invalid value for 'total_steps': {total_steps!r}; expected an integer >= 1")
+    if config.warmup_steps + config.stabilize_steps >= total_steps:
+        raise ConfigError(
+            f"warmup_steps ({config.warmup_steps}) + stabilize_steps ({config.stabilize_steps}) "
+            f"must be smaller than total_steps ({total_steps}), or no adjustment round can happen"
+        )
+
+
+def phase(step: int, total_steps: int, config: ElaLoRAConfig) -> str:
+    if step <= config.warmup_steps:
+        return WARMUP
+    if step > total_steps - config.stabilize_steps:
+        return STABILIZE
+    return ADJUST
+
+
+def ranks_to_move(step: int, total_steps: int, config: ElaLoRAConfig) -> int:
+    """b_t = round(b * (1 - progress^3)), progress through the adjustment phase in [0, 1].
+
+    Halves round up, so the value does not depend on banker's rounding.
+    """
+    if not config.cubic_schedule:
+        return config.b
+    span = total_steps - config.stabilize_steps - config.warmup_steps
+    progress = min(max((step - config.warmup_steps) / span, 0.0), 1.0)
+    return int(math.floor(config.b * (1.0 - progress**3) + 0.5))
+
+
+def is_adjustment_step(step: int, total_steps: int, config: ElaLoRAConfig) -> bool:
+    return (
+        phase(step, total_steps, config) == ADJUST
+        and (step - config.warmup_steps) % config.adjust_interval == 0
+    )
+
+
+def scores_are_updated(step: int, total_steps: int, config: ElaLoRAConfig) -> bool:
+    """Importance is tracked from the first step until stabilisation begins."""
+    return phase(step, total_steps, config) != STABILIZE
+
+
+def adjustment_steps(total_steps: int, config: ElaLoRAConfig) -> list[int]:
+    """All steps at which a round is scheduled (rounds with b_t = 0 included)."""
+    return [t for t in range(1, total_steps + 1) if is_adjustment_step(t, total_steps, config)]

@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+VIT_TARGETS = ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"]
+QKV_SPLIT = {"attn.qkv": ["q", "k", "v"]}
+
+
+def make_tiny_vit(num_classes: int = 5, depth: int = 2, seed: int = 0):
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=depth, num_classes=num_classes
+    )
+
+
+@pytest.fixture
+def tiny_vit():
+    return make_tiny_vit()
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)

@@ -1,0 +1,249 @@
+import math
+
+import pytest
+import torch
+
+from elalora_vit import AdaLoRAAllocator, ElaLoRAConfig, plan_round, patch_model
+from tests.conftest import QKV_SPLIT, VIT_TARGETS, make_tiny_vit
+from tests.core.helpers import TOTAL, batch, run, setup
+
+INF = math.inf
+
+
+def _masks(ranks, capacity):
+    return torch.tensor([[s < r for s in range(capacity)] for r in ranks])
+
+
+# ------------------------------------------------------------- plan_round (pure)
+def test_prunes_lowest_and_grows_owners_of_highest_candidates():
+    scores = torch.tensor(
+        [
+            [0.1, 0.2, 0.9, INF],  # adapter 0, rank 3: weakest 0.1, 0.2
+            [5.0, 6.0, 7.0, INF],  # adapter 1, rank 3: weakest 5, 6 -> saturated
+            [0.3, 0.4, 1.0, INF],
+        ]
+    )
+    prune, grow, shortfall = plan_round(scores, _masks([3, 3, 3], 4), k=2, b=2, capacity=4)
+    assert prune == [(0, 0), (0, 1)]
+    assert grow == [1, 1] or grow == [1, 2]
+    # adapter 1 has room for one more rank only (3 -> 4), so the next candidate's owner gets the second
+    assert grow == [1, 2] and shortfall == 0
+
+
+def test_rank_one_adapter_can_still_grow_but_offers_no_prune_candidate():
+    scores = torch.tensor([[9.0, INF, INF], [0.5, 0.6, 0.7], [0.4, 0.8, 0.9]])
+    prune, grow, shortfall = plan_round(scores, _masks([1, 3, 3], 3), k=2, b=1, capacity=3)
+    assert grow == [0]
+    assert (0, 0) not in prune and prune == [(2, 0)]
+
+
+def test_no_adapter_drops_to_rank_zero():
+    scores = torch.tensor([[0.0, INF], [0.0, INF], [1.0, 2.0]])
+    prune, grow, _ = plan_round(scores, _masks([1, 1, 2], 2), k=2, b=3, capacity=2)
+    assert all(a == 2 for a, _ in prune) and len(prune) <= 1
+
+
+def test_capacity_limits_shrink_the_round_and_are_reported():
+    # k=1: each adapter offers only its weakest rank. The only adapters with room after
+    # pruning are the pruned ones, and their evidence is the pruned slot itself.
+    scores = torch.tensor([[0.1, 0.2], [3.0, 4.0], [5.0, 6.0]])
+    prune, grow, shortfall = plan_round(scores, _masks([2, 2, 2], 2), k=1, b=2, capacity=2)
+    assert prune == [] and grow == [] and shortfall == 2
+    # with k=2 the same adapters re-grow from their second candidate: a full round
+    prune, grow, shortfall = plan_round(scores, _masks([2, 2, 2], 2), k=2, b=2, capacity=2)
+    assert prune == [(0, 0), (1, 0)] and grow == [1, 0] and shortfall == 0
+
+
+def test_partial_shortfall_keeps_the_budget():
+    scores = torch.tensor([[0.1, 0.2, 0.3], [5.0, 6.0, INF]])
+    # adapter 1 has one free slot: only one rank can move although b=2
+    prune, grow, shortfall = plan_round(scores, _masks([3, 2], 3), k=1, b=2, capacity=3)
+    assert prune == [(0, 0)] and grow == [1] and shortfall == 1
+
+
+def test_ties_are_broken_by_adapter_and_slot_order():
+    scores = torch.zeros(4, 4)
+    first = plan_round(scores, _masks([2, 2, 2, 2], 4), k=2, b=2, capacity=4)
+    second = plan_round(scores.clone(), _masks([2, 2, 2, 2], 4), k=2, b=2, capacity=4)
+    assert first == second
+    assert first[0] == [(0, 0), (1, 0)]
+
+
+# ------------------------------------------------------------ in a real training run
+@pytest.fixture(scope="module")
+def trained():
+    model, opt, alloc, cfg = setup()
+    records = run(model, opt, alloc, cfg, 0, TOTAL)
+    return model, opt, alloc, cfg, records
+
+
+def test_budget_is_constant_and_ranks_move(trained):
+    model, _, alloc, _, records = trained
+    assert len(records) >= 4
+    assert all(sum(r.rank_pattern.values()) == alloc.initial_total_rank == 12 * 4 for r in records)
+    assert alloc.total_rank() == 48
+    pattern = alloc.rank_pattern()
+    assert set(pattern.values()) != {4}, "no rank moved"
+    assert min(pattern.values()) >= 1 and max(pattern.values()) <= 8
+    assert all(len(r.pruned) == len(r.expanded) == r.b - r.shortfall for r in records)
+
+
+def test_history_records_every_round(trained):
+    _, _, alloc, cfg, records = trained
+    assert [r.step for r in alloc.history] == [r.step for r in records]
+    steps = [r.step for r in records]
+    assert steps[0] == cfg.warmup_steps + cfg.adjust_interval
+    assert all(s <= TOTAL - cfg.stabilize_steps for s in steps)
+    assert alloc.history[-1].rank_pattern == alloc.rank_pattern()
+
+
+def test_decisions_are_deterministic_under_a_seed(trained):
+    _, _, alloc, _, records = trained
+    model2, opt2, alloc2, cfg2 = setup()
+    records2 = run(model2, opt2, alloc2, cfg2, 0, TOTAL)
+    assert [r.to_dict() for r in records2] == [r.to_dict() for r in records]
+
+
+def _snapshot(opt):
+    return {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in opt.state.items()}
+
+
+def test_round_keeps_optimizer_and_resets_only_changed_slots():
+    model, opt, alloc, cfg = setup()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    run(model, opt, alloc, cfg, 0, 6)
+    masks_before = {id(l): l.rank_mask.clone() for l in alloc.layers}
+    before = _snapshot(opt)
+    record = alloc.adjust(4, opt)
+    assert record.pruned and record.expanded
+    assert scheduler.optimizer is opt
+    after = _snapshot(opt)
+    changed_total = 0
+    for layer in alloc.layers:
+        changed = masks_before[id(layer)] ^ layer.rank_mask
+        # a slot pruned and regrown in the same round keeps its mask bit but is re-initialised
+        changed |= (layer.lora_E == 0) & masks_before[id(layer)] & layer.rank_mask & ~torch.isclose(
+            before[id(layer.lora_E)]["exp_avg"], torch.zeros(())
+        )
+        for p, index_of in (
+            (layer.lora_A, lambda m: m.unsqueeze(-1).expand_as(layer.lora_A)),
+            (layer.lora_E, lambda m: m),
+            (layer.lora_B, lambda m: m.unsqueeze(1).expand_as(layer.lora_B)),
+        ):
+            keep = ~index_of(changed)
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(after[id(p)][key][keep], before[id(p)][key][keep])
+                assert torch.count_nonzero(after[id(p)][key][~keep]) == 0
+            assert torch.equal(after[id(p)]["step"], before[id(p)]["step"])
+        changed_total += int(changed.sum())
+    assert changed_total >= 1
+
+
+def test_new_ranks_are_orthonormal_directions_with_zero_lambda():
+    model, opt, alloc, cfg = setup(init="orthogonal")
+    run(model, opt, alloc, cfg, 0, 5)
+    masks_before = [l.rank_mask.clone() for l in alloc.layers]
+    x = torch.randn(2, 3, 32, 32)
+    alloc.adjust(3, opt)
+    grown = 0
+    for layer, before in zip(alloc.layers, masks_before):
+        for part in range(layer.n_parts):
+            new = (layer.rank_mask[part] & ~before[part]).nonzero().flatten()
+            for slot in new.tolist():
+                grown += 1
+                others = [s for s in layer.rank_mask[part].nonzero().flatten().tolist() if s != slot]
+                q, P = layer.lora_A[part, slot], layer.lora_B[part]
+                assert layer.lora_E[part, slot] == 0
+                assert torch.isclose(q.norm(), torch.tensor(1.0), atol=1e-5)
+                assert torch.isclose(P[:, slot].norm(), torch.tensor(1.0), atol=1e-5)
+                assert (layer.lora_A[part, others] @ q).abs().max() < 1e-4
+                assert (P[:, others].T @ P[:, slot]).abs().max() < 1e-4
+    assert grown >= 1
+
+
+def test_expansion_alone_does_not_change_the_function():
+    model, opt, alloc, cfg = setup()
+    run(model, opt, alloc, cfg, 0, 5)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    alloc._expand(0, opt)
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------- persistence
+def test_resume_makes_exactly_the_decisions_of_an_uninterrupted_run(tmp_path, trained):
+    _, _, full_alloc, _, full_records = trained
+    full_model = trained[0]
+    model, opt, alloc, cfg = setup()
+    run(model, opt, alloc, cfg, 0, 17)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "alloc": alloc.state_dict()}, path)
+    del model, opt, alloc
+
+    model, opt, alloc, cfg = setup(seed=123)  # different init: everything must come from the checkpoint
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    alloc.load_state_dict(state["alloc"])
+    run(model, opt, alloc, cfg, 17, TOTAL)
+    assert [r.to_dict() for r in alloc.history] == [r.to_dict() for r in full_records]
+    for (n, a), (_, b) in zip(model.state_dict().items(), full_model.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_allocator_state_for_another_model_is_refused():
+    _, _, alloc, _ = setup()
+    model = make_tiny_vit(depth=1)
+    cfg = ElaLoRAConfig(rank=4, warmup_steps=4, adjust_interval=3, stabilize_steps=6)
+    patch_model(model, VIT_TARGETS, cfg, split=QKV_SPLIT)
+    from elalora_vit import RankAllocator
+
+    other = RankAllocator(model, cfg, total_steps=TOTAL)
+    with pytest.raises(ValueError, match="different adapters"):
+        other.load_state_dict(alloc.state_dict())
+
+
+# -------------------------------------------------------------------------- AMP
+def test_grad_scaler_overflow_step_updates_nothing():
+    model, opt, alloc, cfg = setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in range(3):
+        x, y = batch(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        if step == 2:
+            params[0].grad[0, 0, 0] = float("inf")  # an overflow
+            ema_before = [t.clone() for t in alloc.tracker.ibar]
+            weights_before = [p.detach().clone() for p in params]
+        scaler.step(opt)  # unscales in place, skips the update on overflow
+        scaler.update()
+        alloc.step(opt)
+        opt.zero_grad()
+    assert alloc.skipped_steps == 1 and alloc.step_count == 3
+    assert all(torch.equal(a, b) for a, b in zip(ema_before, alloc.tracker.ibar))
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, params))
+
+
+# ---------------------------------------------------------------------- AdaLoRA
+def test_adalora_allocator_prunes_to_its_target_and_never_grows():
+    model = make_tiny_vit()
+    cfg = ElaLoRAConfig(rank=4, max_rank=4, warmup_steps=4, adjust_interval=3, stabilize_steps=6)
+    patch_model(model, VIT_TARGETS, cfg, split=QKV_SPLIT)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    alloc = AdaLoRAAllocator(model, cfg, total_steps=TOTAL, target_rank=2)
+    totals = []
+    for step in range(TOTAL):
+        x, y = batch(step)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        alloc.step(opt)
+        opt.zero_grad()
+        totals.append(alloc.total_rank())
+    assert totals[0] == 48 and totals[-1] == 24
+    assert all(b <= a for a, b in zip(totals, totals[1:]))
+    assert all(not r.expanded for r in alloc.history)

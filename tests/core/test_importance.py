@@ -1,0 +1,121 @@
+"""Importance scores against an independent implementation: PEFT's AdaLoRA RankAllocator."""
+
+import pytest
+import torch
+from torch import nn
+
+from elalora_vit import ElaLoRAConfig, ImportanceTracker, SVDLinear, patch_model
+
+peft = pytest.importorskip("peft")
+
+
+def _peft_adalora_mlp(rank: int):
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 6))
+    config = peft.AdaLoraConfig(
+        target_modules=["0", "2"], init_r=rank, target_r=2, tinit=1, tfinal=1, deltaT=1,
+        total_step=100, beta1=0.85, beta2=0.85, lora_alpha=8, lora_dropout=0.0,
+    )
+    model = peft.get_peft_model(base, config)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.normal_()
+    return model
+
+
+def _peft_param(model, layer: str, which: str) -> nn.Parameter:
+    return dict(model.named_parameters())[f"base_model.model.{layer}.{which}.default"]
+
+
+def _peft_triplet_scores(allocator, model, layer: str) -> torch.Tensor:
+    """PEFT's own triplet score of each rank of one layer (as in its mask_to_budget)."""
+    name = f"base_model.model.{layer}.%s.default"
+    s_A = allocator._element_score(name % "lora_A").mean(dim=1, keepdim=True)
+    s_B = allocator._element_score(name % "lora_B").mean(dim=0, keepdim=False).view(-1, 1)
+    s_E = allocator._element_score(name % "lora_E")
+    return allocator._combine_ipt(s_E, torch.cat([s_A, s_B], dim=1))
+
+
+def test_scores_equal_peft_adalora_on_the_same_parameters_and_gradients():
+    rank = 4
+    peft_model = _peft_adalora_mlp(rank)
+    allocator = peft_model.base_model.rankallocator
+
+    ours = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 6))
+    patch_model(ours, ["0", "2"], ElaLoRAConfig(rank=rank, max_rank=rank, beta1=0.85, beta2=0.85))
+    layers = [ours[0], ours[2]]
+    tracker = ImportanceTracker(layers, beta1=0.85, beta2=0.85)
+
+    for step in range(6):
+        peft_model.zero_grad()
+        with torch.no_grad():  # the parameters move between steps, as under an optimizer
+            for n, p in peft_model.named_parameters():
+                if "lora_" in n:
+                    p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(16, 10)
+        peft_model(x).pow(2).mean().backward()
+        allocator.update_ipt(peft_model)
+
+        with torch.no_grad():
+            for layer, name in zip(layers, ["0", "2"]):
+                A, E, B = (_peft_param(peft_model, name, w) for w in ("lora_A", "lora_E", "lora_B"))
+                layer.lora_A[0].copy_(A)
+                layer.lora_E[0].copy_(E.view(-1))
+                layer.lora_B[0].copy_(B)
+                layer.lora_A.grad = A.grad.unsqueeze(0).clone()
+                layer.lora_E.grad = E.grad.view(1, -1).clone()
+                layer.lora_B.grad = B.grad.unsqueeze(0).clone()
+        assert tracker.update()
+
+        for index, name in enumerate(["0", "2"]):
+            expected = _peft_triplet_scores(allocator, peft_model, name)
+            torch.testing.assert_close(tracker.layer_scores(index)[0], expected, rtol=1e-6, atol=1e-12)
+            peft_ema = allocator.exp_avg_ipt[f"base_model.model.{name}.lora_A.default"]
+            torch.testing.assert_close(tracker.ibar[3 * index][0], peft_ema, rtol=1e-6, atol=1e-12)
+    assert tracker.scores().shape == (2, rank)
+    assert (tracker.scores() > 0).all()
+
+
+def _layer_with_grads(value: float):
+    layer = SVDLinear(nn.Linear(4, 4), None, rank=2, capacity=2, scaling=1.0)
+    for p in (layer.lora_A, layer.lora_E, layer.lora_B):
+        p.grad = torch.full_like(p, value)
+    return layer
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_gradients_change_nothing(bad):
+    layer = _layer_with_grads(1.0)
+    with torch.no_grad():
+        layer.lora_E.fill_(1.0)
+    tracker = ImportanceTracker([layer])
+    assert tracker.update()
+    before = [t.clone() for t in tracker.ibar + tracker.ubar]
+    layer.lora_B.grad[0, 1, 1] = bad
+    assert not tracker.update()
+    after = tracker.ibar + tracker.ubar
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_missing_gradient_counts_as_zero():
+    layer = _layer_with_grads(1.0)
+    layer.lora_A.grad = None
+    tracker = ImportanceTracker([layer])
+    assert tracker.update()
+    assert torch.count_nonzero(tracker.ibar[0]) == 0
+
+
+def test_reset_slot_zeroes_one_rank_only():
+    layer = _layer_with_grads(1.0)
+    with torch.no_grad():
+        for p in (layer.lora_A, layer.lora_E, layer.lora_B):
+            p.fill_(1.0)
+    tracker = ImportanceTracker([layer])
+    tracker.update()
+    tracker.update()
+    tracker.reset_slot(0, 0, 1)
+    scores = tracker.layer_scores(0)[0]
+    assert scores[1] == 0 and scores[0] > 0
+    assert torch.count_nonzero(tracker.ibar[2][0, :, 1]) == 0
+    assert torch.count_nonzero(tracker.ibar[2][0, :, 0]) == 4

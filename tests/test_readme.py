@@ -1,0 +1,22 @@
+"""The README's Python examples run as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_python_api_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    example = _python_blocks()[0]
+    assert "RankAllocator" in example
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    alloc = namespace["alloc"]
+    assert alloc.total_rank() == alloc.initial_total_rank
+    assert alloc.history, "the example should run at least one adjustment round"
+    assert (tmp_path / "adapter.safetensors").is_file()
