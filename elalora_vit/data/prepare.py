@@ -1,0 +1,90 @@
+"""Writing VTAB-1k tasks from tensorflow-datasets into the shared folder layout.
+
+Reading goes through `tfds.data_source` (array_record, no TensorFlow needed);
+only `download=True`, which runs TFDS's `download_and_prepare`, needs TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+from elalora_vit.data.errors import DataError
+from elalora_vit.data.folder import is_complete_task_dir, write_task_dir
+from elalora_vit.data.tasks import GROUPS, VTabTask, get_task, task_names
+from elalora_vit.data.tfds_source import TfdsSource
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_vtab(
+    tasks: str | Iterable[str],
+    data_dir: str | Path,
+    tfds_dir: str | Path | None = None,
+    *,
+    download: bool = False,
+    overwrite: bool = False,
+    jpeg_quality: int = 95,
+    progress: bool = True,
+) -> list[Path]:
+    """Writes VTAB-1k tasks in the folder layout under `data_dir`; returns their folders.
+
+    `tasks` is a task name, a group name ("natural", "specialized",
+    "structured"), "all", a comma-separated string of those, or a list of them.
+    The TFDS data must already be prepared in `tfds_dir` as array_record files,
+    unless `download=True` (which needs TensorFlow and internet access). Images
+    are saved as JPEG under `<task>/images/<split>/`. A task whose folder already
+    holds the four list files is skipped, and any other existing folder is an
+    error, unless `overwrite=True`. A task is written into a staging folder and
+    renamed into place only when complete.
+    """
+    folders = []
+    for task in selected_tasks(tasks):
+        folder = Path(data_dir) / task.name
+        if is_complete_task_dir(folder) and not overwrite:
+            logger.info("%s is already prepared in %s; skipping it.", task.name, folder)
+        else:
+            write_task_from_tfds(task, folder, tfds_dir, download, overwrite, jpeg_quality, progress)
+        folders.append(folder)
+    return folders
+
+
+def selected_tasks(tasks: str | Iterable[str]) -> list[VTabTask]:
+    """The tasks named by `tasks` (see `prepare_vtab`), in table order, without repeats."""
+    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    selected: list[str] = []
+    for name in (name.strip() for name in names if name.strip()):
+        if name.lower() == "all":
+            selected += task_names()
+        elif name.lower() in GROUPS:
+            selected += GROUPS[name.lower()]
+        else:
+            selected.append(get_task(name).name)
+    if not selected:
+        raise DataError(f"no tasks selected from {tasks!r}; name tasks, groups or 'all'.")
+    return [task for task in map(get_task, task_names()) if task.name in selected]
+
+
+def write_task_from_tfds(
+    task: VTabTask,
+    folder: Path,
+    tfds_dir: str | Path | None,
+    download: bool,
+    overwrite: bool,
+    jpeg_quality: int,
+    progress: bool,
+) -> Path:
+    """Writes one task's train800, val200 and test images from TFDS into `folder`."""
+    sources = {
+        split: TfdsSource(task, split, tfds_dir, download=download)
+        for split in ("train800", "val200", "test")
+    }
+    return write_task_dir(
+        folder,
+        sources,
+        image_suffix=".jpg",
+        save_options={"format": "JPEG", "quality": jpeg_quality},
+        overwrite=overwrite,
+        progress=progress,
+    )
