@@ -1,0 +1,21 @@
+"""Fine-tuning a timm ViT on a VTAB-1k task with any of the five methods."""
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import METHODS, AdapterConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig, load_config
+from .loop import TrainingError, evaluate, train
+
+__all__ = [
+    "METHODS",
+    "AdapterConfig",
+    "CheckpointError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainingError",
+    "evaluate",
+    "load_checkpoint",
+    "load_config",
+    "save_checkpoint",
+    "train",
+]
