@@ -175,6 +175,97 @@ def _inspect_adapter(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- sweep
+SWEEP_EXAMPLES = """examples:
+  elalora-vit vtab-sweep --dry-run                                   # all 19 tasks x 5 methods, seed 0
+  elalora-vit vtab-sweep --tasks natural dtd --methods elalora lora --seeds 0 1 2
+  elalora-vit vtab-sweep --shard $SLURM_ARRAY_TASK_ID/8              # with sbatch --array=1-8
+  elalora-vit vtab-sweep --set data.train_split=train800 --set data.eval_split=val200 --output runs/vtab-val
+  accelerate launch -m elalora_vit.cli vtab-sweep --shard 1/2        # each run on several GPUs
+  elalora-vit vtab-report runs/vtab
+"""
+
+
+def _vtab_sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_shard, plan_sweep, run_sweep, shard_runs
+    from .sweep.plan import DEFAULT_PRESETS, describe_plan
+    from .sweep.runner import is_main_process
+    from .train.config import parse_override
+
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if args.no_progress:
+        overrides["progress"] = False
+    presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
+    runs = plan_sweep(args.tasks, args.methods, args.seeds, output=args.output, config=args.config,
+                      overrides=overrides, presets=presets)
+    total = len(runs)
+    if args.shard:
+        runs = shard_runs(runs, *parse_shard(args.shard))
+    if args.dry_run:
+        print(describe_plan(runs, total, args.shard))
+        return 0
+    summary = run_sweep(runs, report_dir=None if args.no_report else args.output)
+    if is_main_process():
+        print("\n".join(summary.lines()))
+    return 0 if summary.ok else 1
+
+
+def _vtab_report(args: argparse.Namespace) -> int:
+    from .sweep import write_report
+
+    paths = write_report(args.dir)
+    print(f"wrote {paths['markdown']} and {paths['csv']} ({len(paths) - 2} figures)")
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    from .sweep.plan import DEFAULT_OUTPUT
+
+    p = sub.add_parser(
+        "vtab-sweep",
+        help="run every VTAB-1k task x method x seed, resumably, and report them in one table",
+        description=(
+            "Train each task x method x seed with the same code as 'elalora-vit train', each into "
+            "<output>/<task>/<method>/seed<seed>. Settings: built-in defaults, then the task's preset "
+            "(configs/vtab/<task>.yaml), then --config, then --set. Finished runs (result.json) are skipped and "
+            "interrupted ones resume from their last epoch, so the same command continues a killed sweep. A failing "
+            "run is recorded in failed.json and the sweep goes on; the exit code is 1 if any run failed. At the "
+            "end, the report of everything under <output> is written (see vtab-report)."
+        ),
+        epilog=SWEEP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
+                   help="task names or aliases, groups (natural, specialized, structured) or 'all' (default)")
+    p.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD",
+                   help="elalora, lora, adalora, full, linear, or 'all' (default)")
+    p.add_argument("--seeds", nargs="+", default=["0"], metavar="SEED", help="random seeds (default 0)")
+    p.add_argument("--config", metavar="FILE", help="YAML applied to every run, over the per-task presets")
+    p.add_argument("--output", metavar="DIR", default=DEFAULT_OUTPUT, help=f"sweep folder (default {DEFAULT_OUTPUT})")
+    p.add_argument("--shard", metavar="I/N",
+                   help="do only shard I of N (1-based; round-robin over the ordered run list), e.g. for Slurm arrays")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, their folders and status (done/partial/new); run nothing")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run (repeatable)")
+    p.add_argument("--presets", metavar="DIR",
+                   help="folder of per-task presets <task>.yaml (default: the repository's configs/vtab; 'none': no presets)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_vtab_sweep)
+
+    r = sub.add_parser(
+        "vtab-report",
+        help="gather the results under a sweep folder into results.csv, results.md and figures",
+        description=(
+            "Read every result.json under DIR (and failed.json of runs that failed) and write DIR/results.csv, "
+            "DIR/results.md and figures: top-1 per task (mean +- std over seeds), group means, the mean of group "
+            "means (the VTAB-1k headline), the 19-task mean, trainable parameters, final ranks, wall time, and "
+            "the published ViT-B/16 rows for reference. Partial sweeps are reported over the tasks present."
+        ),
+    )
+    r.add_argument("dir", metavar="DIR", help="the --output folder of vtab-sweep (or any folder of run folders)")
+    r.set_defaults(func=_vtab_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elalora-vit",
@@ -186,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_prepare(sub)
+    _add_sweep(sub)
     tasks = sub.add_parser("list-tasks", help="list the 19 VTAB-1k tasks", description="List the VTAB-1k task registry.")
     tasks.set_defaults(func=_list_tasks)
     inspect = sub.add_parser(

@@ -1,0 +1,122 @@
+"""The report's figures: group means per method, top-1 per task, and each
+method's final rank per adapter averaged over tasks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..train.report import mean_pattern, plot_rank_heatmap
+from .results import GROUP_NAMES, Results
+
+GROUP_MEANS = "group_means.png"
+PER_TASK = "per_task_top1.png"
+RANK_HEATMAP = "rank_heatmap_{method}.png"
+RANKED_METHODS = ("elalora", "adalora", "lora")  # methods whose final rank pattern is worth drawing
+
+
+def write_figures(results: Results, folder: Path) -> dict[str, Path]:
+    """Every figure that has data, by caption, written into ``folder``."""
+    figures: dict[str, Path] = {}
+    if not results.runs:
+        return figures
+    figures["Group means per method (hatched: over fewer tasks than the group has)"] = _saved(
+        folder / GROUP_MEANS, lambda path: plot_group_means(results, path))
+    figures["Top-1 per task (mean ± std over seeds)"] = _saved(folder / PER_TASK, lambda path: plot_per_task(results, path))
+    for method in results.methods:
+        if method not in RANKED_METHODS:
+            continue
+        path = _saved(folder / RANK_HEATMAP.format(method=method), lambda p, m=method: plot_mean_rank_heatmap(results, m, p))
+        if path is not None:
+            figures[f"{method}: final rank per adapter, averaged over tasks"] = path
+    return {caption: path for caption, path in figures.items() if path is not None}
+
+
+def plot_group_means(results: Results, path: Path) -> Path:
+    """Bars: the three group means and their mean, one bar per method."""
+    plt = _pyplot()
+    categories = [*GROUP_NAMES, "mean of groups"]
+    methods = results.methods
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.6 * len(categories) + 2, 3.6))
+    for i, method in enumerate(methods):
+        aggregates = [results.group_mean(method, g) for g in GROUP_NAMES] + [results.mean_of_groups(method)]
+        label = method
+        for j, agg in enumerate(aggregates):
+            if agg.value is None:
+                continue
+            ax.bar(j + (i - (len(methods) - 1) / 2) * width, agg.value, width, color=f"C{i}", label=label,
+                   hatch=None if agg.complete else "//", edgecolor="white" if agg.complete else "black")
+            label = None  # one legend entry per method
+    for j, category in enumerate(GROUP_NAMES):
+        if all(results.group_mean(m, category).value is None for m in methods):
+            ax.text(j, 1, "no results", ha="center", va="bottom", fontsize=8, color="gray")
+    ax.set_xticks(range(len(categories)), categories)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"VTAB-1k group means ({results.eval_split} split)", fontsize=10)
+    ax.legend(fontsize=8, ncols=min(len(methods), 5), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_per_task(results: Results, path: Path) -> Path:
+    """Horizontal bars per task (table order, top to bottom), one per method, with std."""
+    plt = _pyplot()
+    tasks, methods = results.tasks, results.methods
+    height = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(7, 0.13 * len(tasks) * len(methods) + 0.3 * len(tasks) + 1.0))
+    for i, method in enumerate(methods):
+        ys, means, errors = [], [], []
+        for t, task in enumerate(tasks):
+            if (cell := results.cell(task, method)) is not None:
+                ys.append(t + (i - (len(methods) - 1) / 2) * height)
+                means.append(cell.mean)
+                errors.append(cell.std or 0.0)
+        ax.barh(ys, means, height, xerr=errors, color=f"C{i}", label=method, error_kw={"elinewidth": 0.8})
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_ylim(len(tasks) - 0.5, -0.5)  # first task on top
+    ax.set_xlabel(f"top-1 (%) on {results.eval_split}")
+    ax.legend(fontsize=8, ncols=min(len(methods), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_mean_rank_heatmap(results: Results, method: str, path: Path) -> Path | None:
+    """``method``'s final rank per adapter, averaged over seeds within a task, then over
+    tasks (each task weighs the same); None without rank patterns."""
+    per_task = [
+        mean_pattern(run.rank_pattern for run in cell.runs)
+        for task in results.tasks
+        if (cell := results.cell(task, method)) is not None and all(run.rank_pattern for run in cell.runs)
+    ]
+    if not per_task:
+        return None
+    initial = {run.initial_rank for task in results.tasks if (cell := results.cell(task, method)) for run in cell.runs}
+    initial_rank = initial.pop() if method != "adalora" and len(initial) == 1 else None
+    return plot_rank_heatmap(mean_pattern(per_task), path, title=f"{method}: mean final rank over {len(per_task)} task(s)",
+                             initial_rank=initial_rank)
+
+
+def _saved(path: Path, draw: Callable[[Path], Path | None]) -> Path | None:
+    """Draw into a temporary file and rename it into place, so that concurrent shards
+    finishing together never leave a half-written figure."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    if draw(tmp) is None:
+        return None
+    os.replace(tmp, path)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+

@@ -1,0 +1,124 @@
+"""Running the planned runs one after the other, resumably, surviving failures.
+
+Every run goes through the same ``train`` as ``elalora-vit train``, always with
+``resume=True``: a finished run (``result.json``) is skipped, an interrupted one
+continues from its last epoch's checkpoint, a new one starts.  A run that raises
+is recorded in ``failed.json`` in its folder and the sweep goes on; the next
+sweep retries it.  Ctrl-C / SIGKILL stop the sweep; starting it again loses at
+most the epoch that was running.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..train import train
+from ..train.report import write_json
+from .plan import FAILED, SweepRun
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepSummary:
+    """What one sweep invocation did, by run name (``task/method/seedN``)."""
+
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already done before this sweep
+    failed: dict[str, str] = field(default_factory=dict)  # name -> error message
+    report: Path | None = None
+    report_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.report_error is None
+
+    def lines(self) -> list[str]:
+        """A short human summary."""
+        total = len(self.trained) + len(self.skipped) + len(self.failed)
+        lines = [
+            f"{total} runs: {len(self.trained)} trained, {len(self.skipped)} already done, {len(self.failed)} failed"
+        ]
+        lines += [f"  FAILED {name}: {message}" for name, message in self.failed.items()]
+        if self.report is not None:
+            lines.append(f"report: {self.report}")
+        if self.report_error is not None:
+            lines.append(f"the report failed: {self.report_error}")
+        return lines
+
+
+def run_sweep(runs: Sequence[SweepRun], *, report_dir: str | Path | None = None) -> SweepSummary:
+    """Train every run of ``runs`` that is not done yet, then (if ``report_dir``)
+    write the report of everything under ``report_dir``.
+
+    Under ``accelerate launch`` every process walks the same list and each run is
+    distributed as ``train`` distributes it; only the main process writes
+    ``failed.json`` and the report.
+    """
+    summary = SweepSummary()
+    main = is_main_process()
+    for number, run in enumerate(runs, 1):
+        status = run.status()
+        if status == "done":
+            summary.skipped.append(run.name)
+            continue
+        if main:
+            resuming = "resuming from its checkpoint" if (run.output_dir / "checkpoint.pt").is_file() else "starting"
+            log.info("[%d/%d] %s: %s (%s)", number, len(runs), run.name, resuming, run.output_dir)
+            (run.output_dir / FAILED).unlink(missing_ok=True)
+        try:
+            result = train(run.config, resume=True)
+        except Exception as err:  # one broken run must not stop the others; Ctrl-C still does
+            message = _one_line(err)
+            summary.failed[run.name] = message
+            if main:
+                log.error("[%d/%d] %s failed: %s", number, len(runs), run.name, message)
+                record_failure(run, err)
+            continue
+        summary.trained.append(run.name)
+        if main:
+            log.info("[%d/%d] %s: top-1 %.2f%% (%s s)", number, len(runs), run.name,
+                     result["accuracy"], result.get("wall_time_s"))
+    if report_dir is not None and main:
+        from .report import write_report
+
+        try:
+            summary.report = write_report(report_dir)["markdown"]
+        except Exception as err:  # the runs are done; say why the table is missing instead of hiding the summary
+            summary.report_error = f"{_one_line(err)} (after fixing it: elalora-vit vtab-report {report_dir})"
+            log.error("the report of %s failed: %s", report_dir, summary.report_error)
+    return summary
+
+
+def record_failure(run: SweepRun, err: BaseException) -> Path:
+    """Write ``failed.json`` (error, traceback, settings source) into the run's folder."""
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    return write_json(
+        run.output_dir / FAILED,
+        {
+            "task": run.task,
+            "method": run.method,
+            "seed": run.seed,
+            "error_type": type(err).__name__,
+            "error": str(err),
+            "preset": str(run.preset) if run.preset else None,
+            "time": datetime.datetime.now().isoformat(timespec="seconds"),
+            "traceback": traceback.format_exception(type(err), err, err.__traceback__),
+        },
+    )
+
+
+def is_main_process() -> bool:
+    """Rank 0 of an ``accelerate launch`` / ``torchrun`` job, or a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
