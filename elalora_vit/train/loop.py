@@ -26,7 +26,7 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 
 from ..core import orthogonal_regularization, save_adapters, unwrap_model
-from ..data import load_task_data
+from ..data import load_task_data, resolve_task
 from ..vit import create_backbone, resolve_normalization
 from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from .config import ADAPTER_METHODS, TrainConfig
@@ -93,10 +93,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
     started = time.time()
 
     # ---- backbone and data -------------------------------------------------
-    probe = create_backbone(cfg.model.name, 1, pretrained=False, **cfg.model.kwargs)  # sizes only
-    image_size = cfg.data.image_size or _input_size(probe)
-    mean, std, _ = resolve_normalization(probe)
-    del probe
+    # The backbone first: missing pretrained weights fail fast, before the data is cached.
+    task = resolve_task(cfg.data.task, cfg.data.source)
+    model = create_backbone(
+        cfg.model.name,
+        task.num_classes,
+        pretrained=cfg.model.pretrained,
+        checkpoint=cfg.model.checkpoint,
+        **cfg.model.kwargs,
+    )
+    mean, std, _ = resolve_normalization(model)
     data = load_task_data(
         cfg.data.task,
         source=cfg.data.source,
@@ -104,17 +110,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
         tfds_dir=cfg.data.tfds_dir,
         train_split=cfg.data.train_split,
         eval_split=cfg.data.eval_split,
-        image_size=image_size,
+        image_size=cfg.data.image_size or _input_size(model),
         mean=cfg.data.mean or mean,
         std=cfg.data.std or std,
         progress=cfg.progress and accelerator.is_main_process,
-    )
-    model = create_backbone(
-        cfg.model.name,
-        data.num_classes,
-        pretrained=cfg.model.pretrained,
-        checkpoint=cfg.model.checkpoint,
-        **cfg.model.kwargs,
     )
 
     # ---- method, optimizer, schedule ---------------------------------------
@@ -136,6 +135,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
         check_same_run(state["config"], cfg.to_dict(), run.checkpoint)
         epoch, step = _restore(state, accelerator, model, optimizer, scheduler, allocator, health)
         metrics_so_far = state["metrics"]
+        if accelerator.is_main_process:  # drop lines of an epoch that ended after the last checkpoint
+            run.metrics.write_text("".join(json.dumps(m) + "\n" for m in metrics_so_far))
         started -= state["wall_time"]
         log.info("resumed %s at epoch %d (step %d)", run.root, epoch, step)
     elif accelerator.is_main_process:
@@ -162,7 +163,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
             grad_norm = None
             if cfg.optim.grad_clip > 0:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            finite = bool(torch.isfinite(loss.detach())) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
+            finite = _finite_on_every_process(loss, grad_norm, model, accelerator)
             if finite or accelerator.scaler is not None:  # with a scaler, it decides what to skip
                 optimizer.step()
             skipped = not finite or accelerator.optimizer_step_was_skipped
@@ -176,10 +177,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
             bad_in_a_row = bad_in_a_row + 1 if skipped else 0
             health.after_step(step, None if skipped else float(loss.detach()), skipped)
             if bad_in_a_row >= cfg.max_bad_steps:
+                saved = (
+                    f"The checkpoint of epoch {epoch} in {run.checkpoint} is intact (continue with --resume)"
+                    if run.checkpoint.exists()
+                    else "No checkpoint was written yet (the first epoch did not finish)"
+                )
                 raise TrainingError(
                     f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
-                    f"(step {step}); the run stops. The checkpoint of epoch {epoch} in {run.checkpoint} "
-                    "is intact: lower the learning rate, use bf16 instead of fp16, or check the data"
+                    f"(step {step}); the run stops. {saved}: lower the learning rate, use bf16 "
+                    "instead of fp16, or check the data"
                 )
             if not skipped:
                 loss_sum += loss.detach().float().cpu()
@@ -279,6 +285,23 @@ def evaluate(model, dataset, cfg: TrainConfig, accelerator) -> float:
     counts = accelerator.reduce(counts, reduction="sum")
     model.train()
     return round(100.0 * float(counts[0]) / max(float(counts[1]), 1.0), 4)
+
+
+def _finite_on_every_process(loss, grad_norm, model, accelerator) -> bool:
+    """Whether this step's loss and gradients are finite on every process.
+
+    Processes see different batches: a bad batch gives one process a NaN loss while
+    the others see a finite loss and the NaN gradients DDP averaged in. All must skip
+    the step together, or their weights and rank decisions drift apart. Without
+    clipping there is no gradient norm yet; it is computed here, so that a non-finite
+    gradient behind a finite loss is caught too.
+    """
+    if grad_norm is None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    ok = bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(grad_norm))
+    failed = accelerator.reduce(torch.tensor(float(not ok), device=accelerator.device), reduction="sum")
+    return float(failed) == 0
 
 
 def _checkpoint(run, cfg, accelerator, model, optimizer, scheduler, allocator, health, epoch, step, metrics, wall):
