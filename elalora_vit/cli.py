@@ -99,7 +99,7 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int, help="input resolution (default: the model's, 224)")
     p.add_argument("--output", metavar="DIR", help="output folder (default runs/{task}/{method}/seed{seed})")
     p.add_argument("--epochs", type=int, help="training epochs (default 100)")
-    p.add_argument("--batch-size", type=int, help="batch size per step, across all processes (default 64)")
+    p.add_argument("--batch-size", type=int, help="batch size per process and step (default 64); with N processes a step sees N x this")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16, or fp16 (CUDA, with a GradScaler)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from ..core import orthogonal_regularization, save_adapters, unwrap_model
 from ..data import load_task_data, resolve_task
 from ..vit import create_backbone, resolve_normalization
-from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_same_run, load_checkpoint, save_checkpoint
 from .config import ADAPTER_METHODS, TrainConfig
 from .health import HealthMonitor
 from .methods import (
@@ -132,12 +132,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
     epoch, step, metrics_so_far = 0, 0, []
     if resume and run.checkpoint.exists():
         state = load_checkpoint(run.checkpoint)
-        check_same_run(state["config"], cfg.to_dict(), run.checkpoint)
-        epoch, step = _restore(state, accelerator, model, optimizer, scheduler, allocator, health)
-        metrics_so_far = state["metrics"]
+        check_same_run(state.get("config"), cfg.to_dict(), run.checkpoint)
+        try:  # plain data of the right format, yet not what this run wrote (edited, truncated by hand)
+            epoch, step = _restore(state, accelerator, model, optimizer, scheduler, allocator, health)
+            metrics_so_far = list(state["metrics"])
+            started -= float(state["wall_time"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(
+                f"checkpoint {run.checkpoint} does not fit this run ({detail}); delete it to start the run afresh"
+            ) from err
         if accelerator.is_main_process:  # drop lines of an epoch that ended after the last checkpoint
             run.metrics.write_text("".join(json.dumps(m) + "\n" for m in metrics_so_far))
-        started -= state["wall_time"]
         log.info("resumed %s at epoch %d (step %d)", run.root, epoch, step)
     elif accelerator.is_main_process:
         run.metrics.write_text("")

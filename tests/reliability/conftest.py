@@ -1,0 +1,93 @@
+"""Shared pieces of the reliability tests: a tiny folder task, tiny runs, and running the
+command line in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.conftest import tiny_overrides, write_folder_task
+
+REPO = Path(__file__).resolve().parents[2]
+THREADS = 2  # torch threads of in-process runs (tests/conftest.py) and of children compared with them
+
+
+def child_env(threads: int = 1) -> dict[str, str]:
+    """Environment for child processes: this checkout importable, ``threads`` threads each
+    (the machine is shared)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def cli_train_args(overrides: dict) -> list[str]:
+    """``elalora-vit train`` arguments equivalent to the dotted ``overrides`` (values as JSON, which is YAML)."""
+    args = ["train"]
+    for key, value in overrides.items():
+        if key == "progress":
+            if not value:
+                args.append("--no-progress")
+            continue
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def run_cli(args: list[str], threads: int = 1, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "elalora_vit.cli", *args],
+        cwd=REPO,
+        env=child_env(threads),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def task_root(tmp_path_factory) -> Path:
+    """A 4-class folder task: 24 + 6 training images, 16 test images."""
+    return write_folder_task(tmp_path_factory.mktemp("vtab"), train=24, test=16)
+
+
+@pytest.fixture(scope="session")
+def reference_run(task_root, tmp_path_factory) -> Path:
+    """The output folder of an uninterrupted, clean run trained in this process: tiny ViT
+    (depth 1), 3 epochs of 4 steps, ElaLoRA rounds every 2 steps after warm-up."""
+    from elalora_vit.train import load_config, train
+
+    torch.set_num_threads(THREADS)
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(load_config(None, tiny_overrides(task_root, out)))
+    return out
+
+
+def read_outputs(out: Path) -> dict:
+    """What a finished run leaves that must not depend on interruptions: the result, the
+    round history, the adapter tensors, and the metrics without wall-clock times."""
+    from safetensors.torch import load_file
+
+    result = json.loads((out / "result.json").read_text())
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "result": {k: v for k, v in result.items() if k not in ("wall_time_s", "output_dir")},
+        "history": json.loads((out / "rank_history.json").read_text()),
+        "adapter": load_file(str(out / "adapter.safetensors")),
+        "metrics": [{k: v for k, v in m.items() if k != "time_s"} for m in metrics],
+    }
+
+
+def assert_same_outputs(a: dict, b: dict) -> None:
+    assert a["result"] == b["result"]
+    assert a["history"] == b["history"]
+    assert a["metrics"] == b["metrics"]
+    assert a["adapter"].keys() == b["adapter"].keys()
+    for name in a["adapter"]:
+        assert torch.equal(a["adapter"][name], b["adapter"][name]), name
