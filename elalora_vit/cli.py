@@ -5,7 +5,8 @@
     elalora-vit list-tasks
     elalora-vit inspect-adapter runs/cifar/elalora/seed0/adapter.safetensors
 
-Multi-GPU / multi-process: ``accelerate launch -m elalora_vit.cli train ...``.
+Several GPUs: ``accelerate launch --multi_gpu --num_processes N -m elalora_vit.cli train ...``;
+several CPU processes: ``torchrun --standalone --nproc_per_node N -m elalora_vit.cli train ...``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ EXAMPLES = """examples:
   elalora-vit train --config configs/vtab/dtd.yaml --method lora --seed 1
   elalora-vit train --config configs/quickstart-digits.yaml          # offline demo
   elalora-vit train --task dtd --checkpoint ViT-B_16.npz --set adapter.b=2 --set optim.lr=3e-3
-  accelerate launch -m elalora_vit.cli train --task dtd              # several GPUs/processes
+  accelerate launch --multi_gpu --num_processes 4 -m elalora_vit.cli train --task dtd   # 4 GPUs
 """
 
 
@@ -181,7 +182,7 @@ SWEEP_EXAMPLES = """examples:
   elalora-vit vtab-sweep --tasks natural dtd --methods elalora lora --seeds 0 1 2
   elalora-vit vtab-sweep --shard $SLURM_ARRAY_TASK_ID/8              # with sbatch --array=1-8
   elalora-vit vtab-sweep --set data.train_split=train800 --set data.eval_split=val200 --output runs/vtab-val
-  accelerate launch -m elalora_vit.cli vtab-sweep --shard 1/2        # each run on several GPUs
+  accelerate launch --multi_gpu --num_processes 4 -m elalora_vit.cli vtab-sweep --shard 1/2   # each run on 4 GPUs
   elalora-vit vtab-report runs/vtab
 """
 
