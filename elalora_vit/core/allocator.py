@@ -111,17 +111,16 @@ class RankAllocator:
         return torch.cat([layer.rank_mask.detach().cpu() for layer in self.layers])
 
     # ------------------------------------------------------------------- step
-    def step(self, optimizer: torch.optim.Optimizer | None = None) -> RoundRecord | None:
+    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False) -> RoundRecord | None:
         """Advance one optimizer step: update importance, and run a round when one is due.
 
         ``optimizer`` is needed to reset the moments of the slots a round changes;
         without it the optimizer state of changed slots is left stale.
+        ``skipped=True`` says the training loop skipped this step (a non-finite loss
+        or gradient anywhere): the clock advances, the scores learn nothing from it.
         Returns the round's record, or None when no round ran.
         """
-        self.step_count += 1
-        t = self.step_count
-        if scores_are_updated(t, self.total_steps, self.config) and not self.tracker.update():
-            self.skipped_steps += 1
+        t = self._advance(skipped)
         if not is_adjustment_step(t, self.total_steps, self.config):
             return None
         b = ranks_to_move(t, self.total_steps, self.config)
@@ -130,6 +129,14 @@ class RankAllocator:
         record = self.adjust(b, optimizer)
         self.history.append(record)
         return record
+
+    def _advance(self, skipped: bool) -> int:
+        """Count one step and fold its gradients into the scores (unless not finite)."""
+        self.step_count += 1
+        t = self.step_count
+        if scores_are_updated(t, self.total_steps, self.config) and (skipped or not self.tracker.update()):
+            self.skipped_steps += 1
+        return t
 
     @torch.no_grad()
     def adjust(self, b: int, optimizer: torch.optim.Optimizer | None = None) -> RoundRecord:
@@ -328,11 +335,8 @@ class AdaLoRAAllocator(RankAllocator):
         extra = self.initial_total_rank - self.target_total_rank
         return self.target_total_rank + int(extra * (1.0 - progress) ** 3)
 
-    def step(self, optimizer: torch.optim.Optimizer | None = None) -> RoundRecord | None:
-        self.step_count += 1
-        t = self.step_count
-        if scores_are_updated(t, self.total_steps, self.config) and not self.tracker.update():
-            self.skipped_steps += 1
+    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False) -> RoundRecord | None:
+        t = self._advance(skipped)
         last_adjust = self.total_steps - self.config.stabilize_steps
         due = is_adjustment_step(t, self.total_steps, self.config) or t == last_adjust
         if not due or t <= self.config.warmup_steps:

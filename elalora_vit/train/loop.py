@@ -175,7 +175,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
             skipped = not finite or accelerator.optimizer_step_was_skipped
             scheduler.step()
             if allocator is not None:
-                record = allocator.step(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)
+                record = allocator.step(
+                    optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, skipped=skipped
+                )
                 if record is not None:
                     health.after_round(record, unwrapped)
             optimizer.zero_grad(set_to_none=True)

@@ -247,3 +247,14 @@ def test_adalora_allocator_prunes_to_its_target_and_never_grows():
     assert totals[0] == 48 and totals[-1] == 24
     assert all(b <= a for a, b in zip(totals, totals[1:]))
     assert all(not r.expanded for r in alloc.history)
+
+
+def test_a_step_the_loop_skipped_teaches_the_scores_nothing():
+    model, opt, alloc, cfg = setup()
+    run(model, opt, alloc, cfg, 0, 2)
+    before = [t.clone() for t in alloc.tracker.ibar + alloc.tracker.ubar]
+    x, y = batch(2)
+    torch.nn.functional.cross_entropy(model(x), y).backward()  # finite gradients
+    alloc.step(opt, skipped=True)
+    assert alloc.step_count == 3 and alloc.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, alloc.tracker.ibar + alloc.tracker.ubar))
