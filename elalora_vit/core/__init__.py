@@ -17,6 +17,7 @@ from .config import ConfigError, ElaLoRAConfig
 from .importance import ImportanceTracker
 from .layer import AdaptedLinear, AdapterRef, LoRALinear, SVDLinear
 from .optim_state import reset_optimizer_slot
+from .param_groups import adapter_param_groups
 from .regularizer import orthogonal_regularization
 from .schedule import adjustment_steps, check_schedule, is_adjustment_step, phase, ranks_to_move
 from .targets import (
@@ -43,6 +44,7 @@ __all__ = [
     "SVDLinear",
     "TargetError",
     "adapted_layers",
+    "adapter_param_groups",
     "adjustment_steps",
     "check_schedule",
     "find_adapters",

@@ -54,8 +54,9 @@ class AdapterConfig:
     alpha: float = 16.0
     max_rank: int | None = None
     dropout: float = 0.0
-    init: str = "gaussian"
+    init: str = "orthogonal"  # see ElaLoRAConfig for why orthogonal and lambda_lr_multiplier 20
     init_std: float = 0.02
+    lambda_lr_multiplier: float = 20.0  # learning rate of lambda relative to the other adapter parameters
     k: int = 2
     b: int = 4
     beta1: float = 0.85
@@ -140,6 +141,7 @@ class TrainConfig:
             dropout=a.dropout,
             init=a.init,
             init_std=a.init_std,
+            lambda_lr_multiplier=a.lambda_lr_multiplier,
             k=a.k,
             b=a.b,
             beta1=a.beta1,

@@ -24,6 +24,7 @@ from ..core import (
     RankAllocator,
     SVDLinear,
     adapted_layers,
+    adapter_param_groups,
     patch_model,
 )
 from ..vit import default_targets, head_module_names
@@ -73,7 +74,7 @@ def setup_method(model: nn.Module, cfg: TrainConfig, total_steps: int) -> Method
             allocator = AdaLoRAAllocator(model, adapter_config, total_steps, target_rank=cfg.adapter.rank)
     for name in heads:
         model.get_submodule(name).requires_grad_(True)
-    return MethodSetup(_param_groups(model, cfg), allocator, adapter_config, heads)
+    return MethodSetup(_param_groups(model, cfg, adapter_config), allocator, adapter_config, heads)
 
 
 def _targets(model: nn.Module, cfg: TrainConfig):
@@ -82,17 +83,12 @@ def _targets(model: nn.Module, cfg: TrainConfig):
     return default_targets(model)
 
 
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    adapter, other = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (adapter if ".lora_" in name else other).append(p)
-    groups = []
-    if other:
-        groups.append({"params": other, "lr": cfg.optim.lr})
-    if adapter:
-        groups.append({"params": adapter, "lr": cfg.optim.lr * cfg.adapter.lr_multiplier})
-    return groups
+def _param_groups(model: nn.Module, cfg: TrainConfig, adapter_config: ElaLoRAConfig | None) -> list[dict]:
+    # The same groups a Python API user gets: head at lr, adapters at lr x lr_multiplier,
+    # lambda at that x lambda_lr_multiplier.
+    return adapter_param_groups(
+        model, cfg.optim.lr, adapter_config, adapter_lr=cfg.optim.lr * cfg.adapter.lr_multiplier
+    )
 
 
 def trainable_parameter_count(model: nn.Module) -> int:

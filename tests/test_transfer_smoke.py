@@ -1,0 +1,49 @@
+"""benchmarks/transfer.py runs end to end in its quick mode and reports what BENCHMARKS.md shows."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    spec = importlib.util.spec_from_file_location("transfer_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_reports_every_method(transfer, tmp_path, capsys):
+    out = tmp_path / "transfer.json"
+    result = transfer.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert list(tmp_path.joinpath("cache").glob("transfer_backbone_*.pt")), "the backbone is cached"
+
+    rows = {r["method"]: r for r in result["summary"]}
+    assert set(rows) == set(transfer.METHODS)
+    for row in rows.values():
+        assert 0.0 <= row["test_acc_mean"] <= 100.0 and row["test_acc_std"] >= 0.0
+        assert row["lr"] in result["settings"]["lrs"]
+        assert len(row["test_acc_per_seed"]) == len(result["settings"]["seeds"])
+    # Equal budget: the adapter methods share the rank; LoRA (ours) and PEFT's have the same parameters.
+    rank = result["settings"]["rank"]
+    assert {rows[m]["rank"] for m in ("lora", "lora (PEFT)", "adalora", "elalora")} == {rank}
+    assert rows["lora"]["trainable_params"] == rows["lora (PEFT)"]["trainable_params"]
+    assert rows["linear probe"]["trainable_params"] < rows["lora"]["trainable_params"] < rows["full fine-tuning"]["trainable_params"]
+
+    runs = result["runs"]
+    assert len(runs) == len(transfer.METHODS) * len(result["settings"]["lrs"]) * len(result["settings"]["seeds"])
+    elalora = next(r for r in runs if r["method"] == "elalora")
+    assert elalora["total_rank"] is not None and {"ranks_moved", "fired", "warnings"} <= set(elalora["health"])
+    assert result["paired"][0]["a"] == "elalora" and result["paired"][0]["b"] == "lora"
+    assert "| elalora |" in capsys.readouterr().out
+
+    # A second run finds the backbone in the cache.
+    again = transfer.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--methods", "linear probe"])
+    assert again["pretrain"] == result["pretrain"]
