@@ -19,6 +19,7 @@ METHODS = ("elalora", "lora", "adalora", "full", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 ADAPTER_METHODS = ("elalora", "lora", "adalora")
+_CORE = ElaLoRAConfig()  # the defaults of the adapter hyper-parameters
 
 
 @dataclass
@@ -47,25 +48,26 @@ class ModelConfig:
 
 @dataclass
 class AdapterConfig:
-    """Adapter hyper-parameters; the schedule lengths are steps when >= 1, or
-    fractions of the run's total steps when < 1."""
+    """Adapter hyper-parameters.  Their defaults are the core's (:class:`ElaLoRAConfig`,
+    one place); the schedule lengths are steps when >= 1, or fractions of the run's
+    total steps when < 1 (the core counts steps only)."""
 
-    rank: int = 8
-    alpha: float = 16.0
-    max_rank: int | None = None
-    dropout: float = 0.0
-    init: str = "orthogonal"  # see ElaLoRAConfig for why orthogonal and lambda_lr_multiplier 20
-    init_std: float = 0.02
-    lambda_lr_multiplier: float = 20.0  # learning rate of lambda relative to the other adapter parameters
-    k: int = 2
-    b: int = 4
-    beta1: float = 0.85
-    beta2: float = 0.85
+    rank: int = _CORE.rank
+    alpha: float = _CORE.alpha
+    max_rank: int | None = None  # None: 2 x rank
+    dropout: float = _CORE.dropout
+    init: str = _CORE.init
+    init_std: float = _CORE.init_std
+    lambda_lr_multiplier: float = _CORE.lambda_lr_multiplier
+    k: int = _CORE.k
+    b: int = _CORE.b
+    beta1: float = _CORE.beta1
+    beta2: float = _CORE.beta2
     warmup: float = 0.1
     adjust_interval: float = 0.03
     stabilize: float = 0.3
-    cubic_schedule: bool = True
-    orth_reg_weight: float = 0.1
+    cubic_schedule: bool = _CORE.cubic_schedule
+    orth_reg_weight: float = _CORE.orth_reg_weight
     adalora_init_rank: int | None = None  # AdaLoRA starts here (default 1.5 x rank) and prunes to rank
     lr_multiplier: float = 1.0  # learning rate of adapter parameters relative to optim.lr
 
