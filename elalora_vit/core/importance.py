@@ -49,12 +49,11 @@ class ImportanceTracker:
         torch._foreach_abs_(sensitivity)
         if not bool(torch.stack(torch._foreach_max(sensitivity)).isfinite().all()):
             return False
-        torch._foreach_mul_(self.ibar, self.beta1)
-        torch._foreach_add_(self.ibar, sensitivity, alpha=1 - self.beta1)
+        # lerp(a, b, w) = a + w (b - a) = (1 - w) a + w b: each EMA in one pass over memory.
+        torch._foreach_lerp_(self.ibar, sensitivity, 1 - self.beta1)
         torch._foreach_sub_(sensitivity, self.ibar)  # I_t - Ibar_t
         torch._foreach_abs_(sensitivity)
-        torch._foreach_mul_(self.ubar, self.beta2)
-        torch._foreach_add_(self.ubar, sensitivity, alpha=1 - self.beta2)
+        torch._foreach_lerp_(self.ubar, sensitivity, 1 - self.beta2)
         return True
 
     @torch.no_grad()

@@ -25,14 +25,48 @@ def orthogonal_regularization(model_or_layers: nn.Module | Iterable[SVDLinear]) 
         layers = list(model_or_layers)
     if not layers:
         raise ValueError("orthogonal_regularization: the model has no SVD adapters")
-    total = layers[0].lora_A.new_zeros(())
-    matrices = 0
-    for layer in layers:
-        mask = layer.rank_mask.to(layer.lora_A.dtype)  # (n, R)
+    norms = []
+    for group in _same_shape_groups(layers):
+        # The adapters of all layers of one shape (a ViT has four shapes) are
+        # batched: a handful of kernels per shape instead of a dozen per layer.
+        Q = _cat([layer.lora_A for layer in group])  # (m, R, d_in)
+        P = _cat([layer.lora_B for layer in group])  # (m, d_part, R)
+        mask = _cat([layer.rank_mask for layer in group]).to(Q.dtype)  # (m, R)
+        # Masking the R x R Gram matrix equals zeroing inactive rows of Q and
+        # columns of P first (entry ij is multiplied by mask_i * mask_j), for a
+        # fraction of the memory traffic; inactive slots still get no gradient.
+        both_active = mask.unsqueeze(2) * mask.unsqueeze(1)
         eye = torch.diag_embed(mask)  # identity on the active slots only
-        Q = layer.lora_A * mask.unsqueeze(2)  # (n, R, d_in), inactive rows zeroed
-        P = layer.lora_B * mask.unsqueeze(1)  # (n, d_part, R), inactive columns zeroed
-        total = total + torch.linalg.matrix_norm(Q @ Q.transpose(1, 2) - eye).sum()
-        total = total + torch.linalg.matrix_norm(P.transpose(1, 2) @ P - eye).sum()
-        matrices += 2 * layer.n_parts
-    return total / matrices
+        norms.append(torch.linalg.matrix_norm(_Gram.apply(Q) * both_active - eye))  # Q Q^T
+        norms.append(torch.linalg.matrix_norm(_Gram.apply(P.mT) * both_active - eye))  # P^T P
+    norms = torch.cat(norms)  # one norm per matrix: 2 per adapter
+    return norms.sum() / norms.numel()
+
+
+class _Gram(torch.autograd.Function):
+    """``X X^T`` for a batch of matrices X (m, R, d), with a backward of one
+    matmul, ``(G + G^T) X``, where autograd's generic one takes two matmuls and
+    a sum of two (m, R, d) tensors."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.mT
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        grad = grad.to(x.dtype)  # under autocast the forward matmul ran in half precision
+        return (grad + grad.mT) @ x
+
+
+def _same_shape_groups(layers: list[SVDLinear]) -> list[list[SVDLinear]]:
+    groups: dict[tuple, list[SVDLinear]] = {}
+    for layer in layers:
+        key = (layer.lora_A.shape[1:], layer.lora_B.shape[1:], layer.lora_A.dtype, layer.lora_A.device)
+        groups.setdefault(key, []).append(layer)
+    return list(groups.values())
+
+
+def _cat(tensors: list[Tensor]) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
