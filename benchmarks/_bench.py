@@ -130,11 +130,13 @@ class Variant:
     after_step: Callable[[], None] | None = None  # run after optimizer.step() (an allocator)
     state_tensors: Callable[[], Iterable[torch.Tensor]] = lambda: ()  # allocator state, for memory
     info: dict = field(default_factory=dict)
+    autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: mixed precision, as the trainer's bf16
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(self.model(x), y)
-        if self.loss_extra is not None:
-            loss = loss + self.loss_extra()
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            loss = F.cross_entropy(self.model(x), y)
+            if self.loss_extra is not None:
+                loss = loss + self.loss_extra()
         return loss
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:

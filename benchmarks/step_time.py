@@ -3,7 +3,7 @@
     python benchmarks/step_time.py            # ViT-S/16 and ViT-B/16, a few minutes on 2 CPU cores
     python benchmarks/step_time.py --quick    # smoke run, ~30 s
     python benchmarks/step_time.py --rss      # also max RSS of each variant in a fresh subprocess
-    python benchmarks/step_time.py --device cuda --models vit_base_patch16_224:224:64
+    python benchmarks/step_time.py --device cuda --precision bf16 --models vit_base_patch16_224:224:64   # the GPU check
 
 One training step = forward, cross-entropy, backward, AdamW step, the variant's
 per-step extra (RankAllocator.step for ElaLoRA, update_and_allocate for PEFT
@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 6, --quick 3)")
     p.add_argument("--inner", type=int, default=1, help="steps per variant per round")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: forward and loss under torch.autocast(bfloat16), as `train --precision bf16`")
     B.add_timing_args(p)
     p.add_argument("--rss", action="store_true", help="also measure max RSS per variant in a subprocess")
     p.add_argument("--project-img", type=int, default=224, help="image size of the CPU memory projection")
@@ -204,6 +206,8 @@ def bench_model(spec: str, args) -> dict:
     B.log(f"[step_time] {name} img {img} batch {batch}: building {len(args.variants)} variants")
     variants = {k: B.build_variant(k, name, img, args.rank, args.device) for k in args.variants}
     x, y = make_batch(img, batch, args.device)
+    for v in variants.values():
+        v.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
     for v in variants.values():  # one step each: optimizer state exists, caches are warm
         v.train_step(x, y)
 
@@ -228,7 +232,7 @@ def bench_model(spec: str, args) -> dict:
 
     rows = []
     for k, v in variants.items():
-        row = {"variant": k, "ms": 1e3 * B.median(times[k]),
+        row = {"variant": k, "ms": 1e3 * B.median(times[k]), "images_per_s": batch / B.median(times[k]),
                **B.adapted_fraction(v.model), **memory[k]}
         for ref in ("lora", "peft-lora"):
             if ref in times:
@@ -241,7 +245,7 @@ def bench_model(spec: str, args) -> dict:
                 if "rss_mib" in memory[k]:
                     row[f"rss_x_{ref}"] = memory[k]["rss_mib"] / memory[ref]["rss_mib"]
         rows.append(row)
-    return {"model": name, "img_size": img, "batch": batch, "rows": rows, "project_img": args.project_img,
+    return {"model": name, "img_size": img, "batch": batch, "precision": args.precision, "rows": rows, "project_img": args.project_img,
             "times_s": times, "targets": targets(rows)}
 
 
@@ -259,7 +263,7 @@ def targets(rows: list[dict]) -> dict:
 def print_report(result: dict) -> None:
     print(f"\n## {result['model']}  img {result['img_size']}  batch {result['batch']}  ({result['device']}, "
           f"{result['clock']} clock, {result['threads']} thread(s))")
-    cols = [("variant", "variant", ""), ("trainable_params", "trainable", ","), ("ms", "step ms (median)", ".1f"),
+    cols = [("variant", "variant", ""), ("trainable_params", "trainable", ","), ("ms", "step ms (median)", ".1f"), ("images_per_s", "images/s", ".1f"),
             ("x_lora", "x our LoRA", ".3f"), ("x_peft-lora", "x PEFT LoRA", ".3f")]
     print(B.format_table(result["rows"], cols))
     mem_cols = [("variant", "variant", ""), ("peak_mib", "peak MiB", ".1f"), ("mem_x_peft-lora", "x PEFT LoRA", ".4f")]

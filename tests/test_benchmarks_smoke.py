@@ -46,6 +46,17 @@ def test_step_time(tmp_path):
     assert rows["elalora"]["trainable_params"] > rows["lora"]["trainable_params"]
     assert _target_keys(model) == {"elalora_vs_our_lora", "elalora_vs_peft_lora", "elalora_memory_vs_peft_lora"}
     assert json.loads(out.read_text())["models"][0]["model"] == "vit_tiny_patch16_224"
+    assert rows["elalora"]["images_per_s"] > 0
+
+
+def test_step_time_bf16_autocast():
+    pytest.importorskip("peft")
+    result = _script("step_time").main(
+        ["--models", TINY, "--rounds", "1", "--project-batches", "--precision", "bf16",
+         "--variants", "elalora", "lora", *FAST])
+    model = result["models"][0]
+    assert model["precision"] == "bf16"
+    assert {r["variant"] for r in model["rows"]} == {"elalora", "lora"}
 
 
 def test_allocator_cost():
