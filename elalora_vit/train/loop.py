@@ -154,6 +154,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
     last_eval: float | None = metrics_so_far[-1].get("eval_acc") if metrics_so_far else None
     bad_in_a_row = 0
     unwrapped = unwrap_model(model)
+    current_rank = total_rank(unwrapped)  # changes only in a round: not re-read every step
 
     # ---- the loop -------------------------------------------------------------
     while epoch < cfg.optim.epochs:
@@ -180,6 +181,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
                 )
                 if record is not None:
                     health.after_round(record, unwrapped)
+                    current_rank = sum(record.rank_pattern.values())
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bad_in_a_row = bad_in_a_row + 1 if skipped else 0
@@ -199,7 +201,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
                 loss_sum += loss.detach().float().cpu()
                 loss_count += 1
             progress.update(1)
-            progress.set_postfix(_postfix(loss_sum, loss_count, last_eval, scheduler, unwrapped), refresh=False)
+            progress.set_postfix(_postfix(loss_sum, loss_count, last_eval, scheduler, current_rank), refresh=False)
         epoch += 1
 
         record = {
@@ -207,7 +209,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
             "step": step,
             "train_loss": float(loss_sum / max(loss_count, 1)),
             "lr": scheduler.get_last_lr()[0],
-            "total_rank": total_rank(unwrapped),
+            "total_rank": current_rank,
             "skipped_steps": health.skipped_steps,
             "time_s": round(time.time() - started, 2),
         }
@@ -384,25 +386,21 @@ def _write_outputs(run, cfg, model, method, allocator, result) -> None:
 
         trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, str(run.weights))
-    if allocator is not None:
-        write_json(run.history, [r.to_dict() for r in allocator.history])
+    if result["rank_pattern"]:  # the adapter methods
+        write_json(run.history, [r.to_dict() for r in allocator.history] if allocator is not None else [])
         plot_rank_heatmap(
             result["rank_pattern"],
             run.heatmap,
             title=f"{cfg.data.task} / {cfg.method}: rank per adapter",
-            initial_rank=cfg.adapter.rank,
+            initial_rank=method.adapter_config.rank if allocator is not None else None,
         )
-    elif result["rank_pattern"]:
-        write_json(run.history, [])
-        plot_rank_heatmap(result["rank_pattern"], run.heatmap, title=f"{cfg.data.task} / {cfg.method}: rank per adapter")
     write_json(run.result, result)
 
 
-def _postfix(loss_sum, loss_count, last_eval, scheduler, model) -> dict[str, str]:
+def _postfix(loss_sum, loss_count, last_eval, scheduler, rank: int | None) -> dict[str, str]:
     postfix = {"loss": f"{float(loss_sum) / max(loss_count, 1):.3f}", "lr": f"{scheduler.get_last_lr()[0]:.2e}"}
     if last_eval is not None:
         postfix["acc"] = f"{last_eval:.1f}"
-    rank = total_rank(model)
     if rank is not None:
         postfix["rank"] = str(rank)
     return postfix

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ..core import (
@@ -25,6 +24,7 @@ from ..core import (
     SVDLinear,
     adapted_layers,
     adapter_param_groups,
+    find_adapters,
     patch_model,
 )
 from ..vit import default_targets, head_module_names
@@ -128,10 +128,5 @@ def total_rank(model: nn.Module) -> int | None:
     return int(sum(sum(layer.ranks()) for _, layer in layers))
 
 
-@torch.no_grad()
 def final_rank_pattern(model: nn.Module) -> dict[str, int]:
-    pattern = {}
-    for name, layer in adapted_layers(model):
-        for part_name, r in zip(layer.part_names, layer.ranks()):
-            pattern[name if part_name is None else f"{name}.{part_name}"] = r
-    return pattern
+    return {adapter.name: adapter.rank for adapter in find_adapters(model)}

@@ -143,7 +143,6 @@ def test_new_ranks_are_orthonormal_directions_with_zero_lambda():
     model, opt, alloc, cfg = setup(init="orthogonal")
     run(model, opt, alloc, cfg, 0, 5)
     masks_before = [l.rank_mask.clone() for l in alloc.layers]
-    x = torch.randn(2, 3, 32, 32)
     alloc.adjust(3, opt)
     grown = 0
     for layer, before in zip(alloc.layers, masks_before):

@@ -21,6 +21,7 @@ def test_every_method_trains_and_writes_its_outputs(method, folder_root, tmp_pat
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     saved = json.loads((out / "result.json").read_text())
+    assert saved == result
     assert saved["method"] == method and saved["task"] == TASK
     assert 0.0 <= saved["accuracy"] <= 100.0
     assert saved["trainable_params"] > 0
