@@ -1,5 +1,5 @@
 """The backbone-agnostic ElaLoRA core: adapters, target matching, importance,
-schedule, rank allocators, regulariser and adapter I/O.
+schedule, rank allocators, regulariser, adapter I/O and the method registry.
 
 Nothing here imports timm, torchvision or the data code.
 """
@@ -20,15 +20,10 @@ from .optim_state import reset_optimizer_slot
 from .param_groups import adapter_param_groups
 from .regularizer import orthogonal_regularization
 from .schedule import adjustment_steps, check_schedule, is_adjustment_step, phase, ranks_to_move
-from .targets import (
-    TargetError,
-    adapted_layers,
-    find_adapters,
-    match_targets,
-    patch_model,
-    unpatch_model,
-    unwrap_model,
-)
+from .inject import patch_model, unpatch_model
+from .layer import adapted_layers, find_adapters, unwrap_model
+from .registry import Method, get_method, method_names, register_method
+from .targets import TargetError, match_targets
 
 __all__ = [
     "AdaLoRAAllocator",
@@ -39,6 +34,7 @@ __all__ = [
     "ElaLoRAConfig",
     "ImportanceTracker",
     "LoRALinear",
+    "Method",
     "RankAllocator",
     "RoundRecord",
     "SVDLinear",
@@ -48,16 +44,19 @@ __all__ = [
     "adjustment_steps",
     "check_schedule",
     "find_adapters",
+    "get_method",
     "is_adjustment_step",
     "load_adapters",
     "match_targets",
     "merge_adapters",
+    "method_names",
     "orthogonal_regularization",
     "patch_model",
     "phase",
     "plan_round",
     "ranks_to_move",
     "read_adapter_metadata",
+    "register_method",
     "reset_optimizer_slot",
     "save_adapters",
     "unmerge_adapters",

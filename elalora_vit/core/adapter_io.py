@@ -21,8 +21,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import ElaLoRAConfig
-from .layer import AdaptedLinear, LoRALinear, SVDLinear
-from .targets import adapted_layers, patch_model, unwrap_model
+from .files import atomic_write
+from .inject import patch_model
+from .layer import AdaptedLinear, AdapterRef, SVDLinear, adapted_layers, find_adapters, unwrap_model
+from .registry import adapter_forms, form_of, get_method
 
 FORMAT = "elalora-vit/adapter/1"
 
@@ -44,31 +46,17 @@ def save_adapters(
     if not layers:
         raise ValueError("save_adapters: the model has no adapters")
     tensors: dict[str, torch.Tensor] = {}
-    layer_info: dict[str, dict] = {}
+    layer_info = {name: _layer_info(layer) for name, layer in layers}
     rank_pattern: dict[str, int] = {}
-    method = "elalora" if isinstance(layers[0][1], SVDLinear) else "lora"
-    for name, layer in layers:
-        layer_info[name] = {
-            "parts": [p for p in layer.part_names] if layer.n_parts > 1 else None,
-            "in_features": layer.in_features,
-            "out_features": layer.out_features,
-        }
-        for part, part_name in enumerate(layer.part_names):
-            key = name if part_name is None else f"{name}.{part_name}"
-            if isinstance(layer, SVDLinear):
-                active = layer.rank_mask[part].nonzero().flatten()
-                tensors[f"{key}.lora_E"] = layer.lora_E[part, active]
-            else:
-                active = torch.arange(layer.capacity, device=layer.lora_A.device)
-            tensors[f"{key}.lora_A"] = layer.lora_A[part][active]
-            tensors[f"{key}.lora_B"] = layer.lora_B[part][:, active]
-            rank_pattern[key] = int(active.numel())
+    for adapter in find_adapters(model):
+        tensors.update(_adapter_tensors(adapter))
+        rank_pattern[adapter.name] = adapter.rank
     for module_name in modules_to_save:
         for param_name, value in model.get_submodule(module_name).state_dict().items():
             tensors[f"modules_to_save.{module_name}.{param_name}"] = value
     header = {
         "format": FORMAT,
-        "method": method,
+        "method": form_of(layers[0][1]).name,
         "config": json.dumps(config.to_dict()),
         "layers": json.dumps(layer_info),
         "rank_pattern": json.dumps(rank_pattern),
@@ -77,10 +65,24 @@ def save_adapters(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=header)
-    os.replace(tmp, path)
-    return path
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def _layer_info(layer: AdaptedLinear) -> dict:
+    return {
+        "parts": list(layer.part_names) if layer.n_parts > 1 else None,
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+    }
+
+
+def _adapter_tensors(adapter: AdapterRef) -> dict[str, torch.Tensor]:
+    """The active ranks of one adapter, keyed ``<adapter name>.lora_A|E|B``."""
+    tensors = {f"{adapter.name}.lora_A": adapter.Q, f"{adapter.name}.lora_B": adapter.P}
+    if isinstance(adapter.layer, SVDLinear):
+        tensors[f"{adapter.name}.lora_E"] = adapter.lam
+    return tensors
 
 
 def read_adapter_metadata(path: str | os.PathLike) -> dict:
@@ -121,23 +123,27 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if not adapted_layers(model):
         split = {name: info["parts"] for name, info in layer_info.items() if info["parts"]}
         patch_model(model, list(layer_info), config, split=split, method=meta["method"])
-    for name, layer in adapted_layers(model):
-        for part, part_name in enumerate(layer.part_names):
-            key = name if part_name is None else f"{name}.{part_name}"
-            A, B = tensors[f"{key}.lora_A"], tensors[f"{key}.lora_B"]
-            r = A.shape[0]
-            layer.lora_A[part, :r] = A.to(layer.lora_A)
-            layer.lora_B[part, :, :r] = B.to(layer.lora_B)
-            if isinstance(layer, SVDLinear):
-                layer.lora_E[part].zero_()
-                layer.lora_E[part, :r] = tensors[f"{key}.lora_E"].to(layer.lora_E)
-                layer.rank_mask[part] = False
-                layer.rank_mask[part, :r] = True
+    for adapter in find_adapters(model):
+        _load_adapter(adapter, tensors)
     for module_name in meta["modules_to_save"]:
         prefix = f"modules_to_save.{module_name}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         model.get_submodule(module_name).load_state_dict(state)
     return model
+
+
+def _load_adapter(adapter: AdapterRef, tensors: dict[str, torch.Tensor]) -> None:
+    """Write the saved ranks of ``adapter`` into its first slots and make only those active."""
+    layer, part = adapter.layer, adapter.part
+    A, B = tensors[f"{adapter.name}.lora_A"], tensors[f"{adapter.name}.lora_B"]
+    r = A.shape[0]
+    layer.lora_A[part, :r] = A.to(layer.lora_A)
+    layer.lora_B[part, :, :r] = B.to(layer.lora_B)
+    if isinstance(layer, SVDLinear):
+        layer.lora_E[part].zero_()
+        layer.lora_E[part, :r] = tensors[f"{adapter.name}.lora_E"].to(layer.lora_E)
+        layer.rank_mask[part] = False
+        layer.rank_mask[part, :r] = True
 
 
 def _read_tensors(path) -> dict[str, torch.Tensor]:
@@ -152,6 +158,9 @@ def _check_fits(model, path, layer_info, meta, tensors, config) -> None:
     def fail(reason: str) -> None:
         raise AdapterFileError(f"adapter file {path} does not fit this model: {reason}")
 
+    if meta["method"] not in adapter_forms():
+        fail(f"it records adapter method {meta['method']!r}; known: {', '.join(adapter_forms())}")
+    saved = get_method(meta["method"])
     existing = dict(adapted_layers(model))
     if existing and set(existing) != set(layer_info):
         missing = sorted(set(layer_info) - set(existing))[:3]
@@ -173,11 +182,9 @@ def _check_fits(model, path, layer_info, meta, tensors, config) -> None:
             parts = [p for p in module.part_names] if module.n_parts > 1 else None
             if parts != info["parts"]:
                 fail(f"layer '{name}' is split as {parts} here but {info['parts']} in the file")
-            if meta["method"] == "elalora" and not isinstance(module, SVDLinear):
-                fail(f"layer '{name}' holds LoRA adapters but the file holds ElaLoRA adapters")
-            if meta["method"] == "lora" and not isinstance(module, LoRALinear):
-                fail(f"layer '{name}' holds ElaLoRA adapters but the file holds LoRA adapters")
-    capacity = config.max_rank if meta["method"] == "elalora" else config.rank
+            if not isinstance(module, saved.layer):
+                fail(f"layer '{name}' holds {form_of(module).title} adapters but the file holds {saved.title} adapters")
+    capacity = saved.layer.capacity_for(config)
     for key, r in meta["rank_pattern"].items():
         if f"{key}.lora_A" not in tensors or r > capacity:
             fail(f"adapter '{key}' is missing or its rank {r} exceeds capacity {capacity}")

@@ -32,10 +32,9 @@ from torch import Tensor, nn
 
 from .config import ElaLoRAConfig
 from .importance import ImportanceTracker
-from .layer import SVDLinear
+from .layer import SVDLinear, find_adapters
 from .optim_state import reset_optimizer_slot
-from .schedule import check_schedule, is_adjustment_step, ranks_to_move, scores_are_updated
-from .targets import adapted_layers
+from .schedule import adjustment_progress, check_schedule, is_adjustment_step, ranks_to_move, scores_are_updated
 
 
 @dataclass
@@ -75,17 +74,13 @@ class RankAllocator:
         self.config = config
         self.total_steps = total_steps
         check_schedule(config, total_steps)
-        named = [(n, layer) for n, layer in adapted_layers(model) if isinstance(layer, SVDLinear)]
-        if not named:
+        adapters = find_adapters(model, SVDLinear)
+        if not adapters:
             raise ValueError("the model has no SVD adapters: call patch_model(model, targets, config) first")
-        self.layer_names = [n for n, _ in named]
-        self.layers = [layer for _, layer in named]
-        self.adapter_names: list[str] = []
-        self._owner: list[tuple[int, int]] = []  # adapter index -> (layer index, part)
-        for li, (name, layer) in enumerate(named):
-            for part, part_name in enumerate(layer.part_names):
-                self.adapter_names.append(name if part_name is None else f"{name}.{part_name}")
-                self._owner.append((li, part))
+        self.layers = list({id(a.layer): a.layer for a in adapters}.values())  # model order, once each
+        layer_index = {id(layer): li for li, layer in enumerate(self.layers)}
+        self.adapter_names: list[str] = [a.name for a in adapters]
+        self._owner = [(layer_index[id(a.layer)], a.part) for a in adapters]  # adapter index -> (layer index, part)
         self.tracker = ImportanceTracker(self.layers, config.beta1, config.beta2)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
@@ -169,7 +164,7 @@ class RankAllocator:
         layer = self.layers[li]
         mask = layer.rank_mask[part]
         slot = int((~mask).nonzero()[0])
-        active = mask.nonzero().flatten()
+        active = layer.active_slots(part)
         Q, P = layer.lora_A[part], layer.lora_B[part]
         Q[slot] = _orthogonal_unit_vector(Q[active], self.generator).to(Q)
         P[:, slot] = _orthogonal_unit_vector(P[:, active].T, self.generator).to(P)
@@ -329,9 +324,7 @@ class AdaLoRAAllocator(RankAllocator):
         self.target_total_rank = target_rank * len(self.adapter_names)
 
     def budget(self, step: int) -> int:
-        c = self.config
-        span = self.total_steps - c.stabilize_steps - c.warmup_steps
-        progress = min(max((step - c.warmup_steps) / span, 0.0), 1.0)
+        progress = adjustment_progress(step, self.total_steps, self.config)
         extra = self.initial_total_rank - self.target_total_rank
         return self.target_total_rank + int(extra * (1.0 - progress) ** 3)
 

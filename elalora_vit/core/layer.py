@@ -1,4 +1,4 @@
-"""Adapter layers that wrap a frozen ``nn.Linear``.
+"""Adapter layers that wrap a frozen ``nn.Linear``, and finding them in a model.
 
 A wrapped linear may be adapted as one block or as several equal row blocks
 ("parts", e.g. q, k and v of a fused ``qkv`` projection).  Every part is an
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .config import ElaLoRAConfig
 
 
 class AdaptedLinear(nn.Module):
@@ -76,6 +78,22 @@ class AdaptedLinear(nn.Module):
 
     def slot_scale(self) -> Tensor:
         """Per-slot multiplier of shape (n, R): what multiplies ``right @ x``."""
+        raise NotImplementedError
+
+    def active_slots(self, part: int) -> Tensor:
+        """Indices of the active slots of part ``part``, shape (rank,)."""
+        return torch.arange(self.capacity, device=self.lora_A.device)
+
+    @classmethod
+    def from_config(
+        cls, base_layer: nn.Linear, parts: Sequence[str] | None, config: ElaLoRAConfig, generator: torch.Generator
+    ) -> "AdaptedLinear":
+        """The layer :func:`patch_model` builds around ``base_layer`` for ``config``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def capacity_for(config: ElaLoRAConfig) -> int:
+        """Slots per adapter of a layer built from ``config``."""
         raise NotImplementedError
 
     def delta_weight(self) -> Tensor:
@@ -159,6 +177,24 @@ class SVDLinear(AdaptedLinear):
         self.register_buffer("rank_mask", mask)
         self.reset_factors(init, init_std, generator)
 
+    @classmethod
+    def from_config(cls, base_layer, parts, config, generator) -> "SVDLinear":
+        return cls(
+            base_layer,
+            parts,
+            rank=config.rank,
+            capacity=config.max_rank,
+            scaling=config.scaling,
+            dropout=config.dropout,
+            init=config.init,
+            init_std=config.init_std,
+            generator=generator,
+        )
+
+    @staticmethod
+    def capacity_for(config: ElaLoRAConfig) -> int:
+        return config.max_rank
+
     @torch.no_grad()
     def reset_factors(self, init: str, init_std: float, generator: torch.Generator | None) -> None:
         if init == "gaussian":
@@ -174,6 +210,9 @@ class SVDLinear(AdaptedLinear):
 
     def slot_scale(self) -> Tensor:
         return self.lora_E * self.rank_mask * self.scaling
+
+    def active_slots(self, part: int) -> Tensor:
+        return self.rank_mask[part].nonzero().flatten()
 
     def ranks(self) -> list[int]:
         return [int(r) for r in self.rank_mask.sum(dim=1).tolist()]
@@ -204,6 +243,14 @@ class LoRALinear(AdaptedLinear):
         self.lora_B = nn.Parameter(torch.zeros(n, d_part, rank, **factory))
         self.register_buffer("_scale", torch.full((n, rank), self.scaling, **factory), persistent=False)
 
+    @classmethod
+    def from_config(cls, base_layer, parts, config, generator) -> "LoRALinear":
+        return cls(base_layer, parts, config.rank, config.scaling, config.dropout, generator)
+
+    @staticmethod
+    def capacity_for(config: ElaLoRAConfig) -> int:
+        return config.rank
+
     def slot_scale(self) -> Tensor:
         return self._scale
 
@@ -230,9 +277,7 @@ class AdapterRef:
     @property
     def active_slots(self) -> Tensor:
         """Indices of the active slots, shape (rank,)."""
-        if isinstance(self.layer, SVDLinear):
-            return self.layer.rank_mask[self.part].nonzero().flatten()
-        return torch.arange(self.layer.capacity, device=self.layer.lora_A.device)
+        return self.layer.active_slots(self.part)
 
     @property
     def P(self) -> Tensor:
@@ -250,6 +295,40 @@ class AdapterRef:
         if not isinstance(self.layer, SVDLinear):
             raise AttributeError("fixed-rank LoRA adapters have no singular values")
         return self.layer.lora_E[self.part][self.active_slots]
+
+
+def find_adapters(model: nn.Module, kind: type = AdaptedLinear) -> list[AdapterRef]:
+    """Every adapter of ``model`` whose layer is a ``kind``, in model order, named
+    ``<module>`` or ``<module>.<part>`` (the one place adapters are named)."""
+    refs = []
+    for name, layer in _adapted_layers(unwrap_model(model)):
+        if not isinstance(layer, kind):
+            continue
+        for index, part in enumerate(layer.part_names):
+            refs.append(AdapterRef(name if part is None else f"{name}.{part}", layer, index))
+    return refs
+
+
+def adapted_layers(model: nn.Module) -> list[tuple[str, AdaptedLinear]]:
+    """``(module name, layer)`` for every adapter layer of ``model``."""
+    return list(_adapted_layers(unwrap_model(model)))
+
+
+def _adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
+    for name, module in model.named_modules():
+        if isinstance(module, AdaptedLinear):
+            yield name, module
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel / ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def _adapter_dtype(weight: Tensor) -> torch.dtype:

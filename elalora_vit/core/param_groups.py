@@ -15,8 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from .config import ElaLoRAConfig
-from .layer import SVDLinear
-from .targets import adapted_layers
+from .layer import SVDLinear, adapted_layers
 
 
 def adapter_param_groups(
@@ -51,11 +50,7 @@ def adapter_param_groups(
     """
     config = config or ElaLoRAConfig()
     adapter_lr = lr if adapter_lr is None else adapter_lr
-    lambdas, factors = set(), set()
-    for _, layer in adapted_layers(model):
-        factors.update((id(layer.lora_A), id(layer.lora_B)))
-        if isinstance(layer, SVDLinear):
-            lambdas.add(id(layer.lora_E))
+    factors, lambdas = adapter_parameter_ids(model)
     groups = {"other": [], "adapter": [], "lambda": []}
     for p in model.parameters():
         if not p.requires_grad:
@@ -64,3 +59,14 @@ def adapter_param_groups(
         groups[key].append(p)
     rates = {"other": lr, "adapter": adapter_lr, "lambda": adapter_lr * config.lambda_lr_multiplier}
     return [{"name": key, "params": params, "lr": rates[key]} for key, params in groups.items() if params]
+
+
+def adapter_parameter_ids(model: nn.Module) -> tuple[set[int], set[int]]:
+    """``(factors, lambdas)``: the ``id``s of the adapter factors (``lora_A``,
+    ``lora_B``) and of the singular values (SVD adapters' ``lora_E``) of ``model``."""
+    factors, lambdas = set(), set()
+    for _, layer in adapted_layers(model):
+        factors.update((id(layer.lora_A), id(layer.lora_B)))
+        if isinstance(layer, SVDLinear):
+            lambdas.add(id(layer.lora_E))
+    return factors, lambdas

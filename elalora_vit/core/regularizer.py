@@ -13,8 +13,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .layer import SVDLinear
-from .targets import adapted_layers
+from .layer import SVDLinear, adapted_layers
 
 
 def orthogonal_regularization(model_or_layers: nn.Module | Iterable[SVDLinear]) -> Tensor:

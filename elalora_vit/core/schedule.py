@@ -42,9 +42,14 @@ def ranks_to_move(step: int, total_steps: int, config: ElaLoRAConfig) -> int:
     """
     if not config.cubic_schedule:
         return config.b
-    span = total_steps - config.stabilize_steps - config.warmup_steps
-    progress = min(max((step - config.warmup_steps) / span, 0.0), 1.0)
+    progress = adjustment_progress(step, total_steps, config)
     return int(math.floor(config.b * (1.0 - progress**3) + 0.5))
+
+
+def adjustment_progress(step: int, total_steps: int, config: ElaLoRAConfig) -> float:
+    """How far step ``step`` is through the adjustment phase: 0 up to its start, 1 from its end."""
+    span = total_steps - config.stabilize_steps - config.warmup_steps
+    return min(max((step - config.warmup_steps) / span, 0.0), 1.0)
 
 
 def is_adjustment_step(step: int, total_steps: int, config: ElaLoRAConfig) -> bool:

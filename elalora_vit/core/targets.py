@@ -1,4 +1,4 @@
-"""Finding the modules to adapt, and swapping them for adapter layers.
+"""Finding the modules to adapt (the injection is in :mod:`.inject`).
 
 Targets select modules by their full dotted name (as ``model.named_modules()``
 gives it) and never by suffix, so ``"*.attn.proj"`` cannot catch
@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Callable, Iterator, Mapping, Sequence, Union
+from typing import Callable, Mapping, Sequence, Union
 
-import torch
 from torch import nn
 
-from .config import ElaLoRAConfig
-from .layer import AdaptedLinear, AdapterRef, LoRALinear, SVDLinear
+from .layer import AdaptedLinear
 
 Target = Union[str, type, Callable[[str, nn.Module], bool]]
 
@@ -133,109 +131,3 @@ def _split_key_matches(key: str, name: str) -> bool:
     if any(ch in key for ch in "*?["):
         return fnmatch.fnmatchcase(name, key)
     return name == key or name.endswith("." + key)
-
-
-def patch_model(
-    model: nn.Module,
-    targets: Sequence[Target],
-    config: ElaLoRAConfig | None = None,
-    *,
-    split: Mapping[str, Sequence[str]] | None = None,
-    exclude: Sequence[Target] = (),
-    method: str = "elalora",
-    freeze_base: bool = True,
-) -> list[AdapterRef]:
-    """Wrap the targeted ``nn.Linear`` modules of ``model`` in adapter layers, in place.
-
-    Args:
-        model: any ``nn.Module``.
-        targets: which Linear modules to adapt (see the module docstring).
-        config: adapter hyper-parameters; defaults to ``ElaLoRAConfig()``.
-        split: fused projections to adapt as separate equal parts, e.g.
-            ``{"attn.qkv": ["q", "k", "v"]}``; each part gets its own adapter.
-        exclude: targets to leave out of the selection.
-        method: ``"elalora"`` (SVD form with a rank mask, for the rank allocators)
-            or ``"lora"`` (fixed-rank ``B A`` form).
-        freeze_base: freeze every parameter of ``model`` not created here.
-
-    Returns:
-        The adapters in model order, one per part.
-    """
-    config = config or ElaLoRAConfig()
-    if method not in ("elalora", "lora"):
-        raise TargetError(f"unknown adapter method {method!r}; expected 'elalora' or 'lora'")
-    names = match_targets(model, targets, exclude)
-    parts_of = resolve_split(names, split)
-    if freeze_base:
-        for p in model.parameters():
-            p.requires_grad_(False)
-    generator = torch.Generator().manual_seed(config.seed)
-    for name in names:
-        base = model.get_submodule(name)
-        parts = parts_of.get(name)
-        if method == "elalora":
-            layer: AdaptedLinear = SVDLinear(
-                base,
-                parts,
-                rank=config.rank,
-                capacity=config.max_rank,
-                scaling=config.scaling,
-                dropout=config.dropout,
-                init=config.init,
-                init_std=config.init_std,
-                generator=generator,
-            )
-        else:
-            layer = LoRALinear(base, parts, config.rank, config.scaling, config.dropout, generator)
-        _set_submodule(model, name, layer)
-    return find_adapters(model)
-
-
-def unpatch_model(model: nn.Module, merge: bool = False) -> nn.Module:
-    """Put the original ``nn.Linear`` modules back (merging the updates first if ``merge``)."""
-    for name, layer in list(_adapted_layers(model)):
-        if merge:
-            layer.merge()
-        elif layer.merged:
-            layer.unmerge()
-        _set_submodule(model, name, layer.base_layer)
-    return model
-
-
-def find_adapters(model: nn.Module, kind: type = AdaptedLinear) -> list[AdapterRef]:
-    """Every adapter of ``model``, named ``<module>`` or ``<module>.<part>``."""
-    refs = []
-    for name, layer in _adapted_layers(unwrap_model(model)):
-        if not isinstance(layer, kind):
-            continue
-        for index, part in enumerate(layer.part_names):
-            refs.append(AdapterRef(name if part is None else f"{name}.{part}", layer, index))
-    return refs
-
-
-def adapted_layers(model: nn.Module) -> list[tuple[str, AdaptedLinear]]:
-    """``(module name, layer)`` for every adapter layer of ``model``."""
-    return list(_adapted_layers(unwrap_model(model)))
-
-
-def _adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
-    for name, module in model.named_modules():
-        if isinstance(module, AdaptedLinear):
-            yield name, module
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DistributedDataParallel / ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)

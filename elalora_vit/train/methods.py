@@ -1,4 +1,5 @@
-"""The five fine-tuning methods, set up on the same backbone for the same loop.
+"""The fine-tuning methods of :mod:`elalora_vit.core.registry`, set up on the same
+backbone for the same loop:
 
 - ``elalora``: SVD adapters whose ranks are pruned and expanded (:class:`RankAllocator`).
 - ``lora``: fixed-rank ``B A`` adapters.
@@ -11,22 +12,22 @@ The classifier head always trains in full.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import nn
 
 from ..core import (
-    AdaLoRAAllocator,
     ElaLoRAConfig,
-    LoRALinear,
+    Method,
     RankAllocator,
     SVDLinear,
     adapted_layers,
     adapter_param_groups,
     find_adapters,
+    get_method,
     patch_model,
 )
+from ..core.param_groups import adapter_parameter_ids
 from ..vit import default_targets, head_module_names
 from .config import TrainConfig
 
@@ -39,42 +40,30 @@ class MethodSetup:
     allocator: RankAllocator | None
     adapter_config: ElaLoRAConfig | None  # None for full / linear
     head_names: list[str]
+    method: Method | None = None  # the registry's description of cfg.method
 
     @property
     def uses_orth_reg(self) -> bool:
-        return self.allocator is not None and self.adapter_config.orth_reg_weight > 0
+        if self.method is None:  # built by hand: as before the registry, an allocator means SVD adapters
+            return self.allocator is not None and self.adapter_config.orth_reg_weight > 0
+        return self.method.orth_reg and self.adapter_config.orth_reg_weight > 0
 
 
 def setup_method(model: nn.Module, cfg: TrainConfig, total_steps: int) -> MethodSetup:
     """Patch ``model`` for ``cfg.method`` and return its trainable parameter groups."""
+    method = get_method(cfg.method)
     heads = head_module_names(model)
     allocator, adapter_config = None, None
-    if cfg.method == "full":
-        model.requires_grad_(True)
-    else:
-        model.requires_grad_(False)
-    if cfg.method in ("elalora", "lora", "adalora"):
+    model.requires_grad_(method.trains == "all")
+    if method.layer is not None:
         targets, split = _targets(model, cfg)
-        if cfg.method == "adalora":
-            init_rank = cfg.adapter.adalora_init_rank or math.ceil(1.5 * cfg.adapter.rank)
-            adapter_config = cfg.core_config(total_steps, rank=init_rank, max_rank=init_rank)
-        else:
-            adapter_config = cfg.core_config(total_steps)
-        patch_model(
-            model,
-            targets,
-            adapter_config,
-            split=split,
-            exclude=heads,
-            method="lora" if cfg.method == "lora" else "elalora",
-        )
-        if cfg.method == "elalora":
-            allocator = RankAllocator(model, adapter_config, total_steps)
-        elif cfg.method == "adalora":
-            allocator = AdaLoRAAllocator(model, adapter_config, total_steps, target_rank=cfg.adapter.rank)
+        rank, max_rank = method.adapter_ranks(cfg.adapter.rank, cfg.adapter.max_rank, cfg.adapter.adalora_init_rank)
+        adapter_config = cfg.core_config(total_steps, rank=rank, max_rank=max_rank)
+        patch_model(model, targets, adapter_config, split=split, exclude=heads, method=method.adapter_form or method.name)
+        allocator = method.build_allocator(model, adapter_config, total_steps, rank=cfg.adapter.rank)
     for name in heads:
         model.get_submodule(name).requires_grad_(True)
-    return MethodSetup(_param_groups(model, cfg, adapter_config), allocator, adapter_config, heads)
+    return MethodSetup(_param_groups(model, cfg, adapter_config), allocator, adapter_config, heads, method)
 
 
 def _targets(model: nn.Module, cfg: TrainConfig):
@@ -98,24 +87,19 @@ def trainable_parameter_count(model: nn.Module) -> int:
     of P and lambda); capacity slots that are not active are not counted, so
     ElaLoRA, AdaLoRA and LoRA compare at their real budget.
     """
-    layers = adapted_layers(model)
-    adapter_ids = set()
+    factors, lambdas = adapter_parameter_ids(model)
+    adapter_ids = factors | lambdas
     count = 0
-    for _, layer in layers:
-        adapter_ids.update(id(p) for p in (layer.lora_A, layer.lora_B))
-        if isinstance(layer, SVDLinear):
-            adapter_ids.add(id(layer.lora_E))
-            active = int(layer.rank_mask.sum())
-            count += active * (layer.in_features + layer.part_features + 1)
-        elif isinstance(layer, LoRALinear):
-            count += layer.n_parts * layer.capacity * (layer.in_features + layer.part_features)
+    for _, layer in adapted_layers(model):
+        per_rank = layer.in_features + layer.part_features + (1 if isinstance(layer, SVDLinear) else 0)
+        count += sum(layer.ranks()) * per_rank
     count += sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in adapter_ids)
     return count
 
 
 def trainable_state_names(model: nn.Module, cfg: TrainConfig) -> list[str]:
     """Keys of ``model.state_dict()`` a checkpoint must hold: what trains, plus the rank masks."""
-    if cfg.method == "full":
+    if get_method(cfg.method).trains == "all":
         return list(model.state_dict())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     return [k for k in model.state_dict() if k in trainable or k.endswith("rank_mask")]

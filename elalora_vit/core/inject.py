@@ -1,0 +1,79 @@
+"""Putting adapter layers into a model and taking them out again (PEFT's
+``model.py``): the targets are matched by :mod:`.targets`, the layer class comes
+from the method's description in :mod:`.registry`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .config import ElaLoRAConfig
+from .layer import AdaptedLinear, AdapterRef, find_adapters
+from .registry import adapter_forms, get_method
+from .targets import Target, TargetError, match_targets, resolve_split
+
+
+def patch_model(
+    model: nn.Module,
+    targets: Sequence[Target],
+    config: ElaLoRAConfig | None = None,
+    *,
+    split: Mapping[str, Sequence[str]] | None = None,
+    exclude: Sequence[Target] = (),
+    method: str = "elalora",
+    freeze_base: bool = True,
+) -> list[AdapterRef]:
+    """Wrap the targeted ``nn.Linear`` modules of ``model`` in adapter layers, in place.
+
+    Args:
+        model: any ``nn.Module``.
+        targets: which Linear modules to adapt (see :mod:`.targets`).
+        config: adapter hyper-parameters; defaults to ``ElaLoRAConfig()``.
+        split: fused projections to adapt as separate equal parts, e.g.
+            ``{"attn.qkv": ["q", "k", "v"]}``; each part gets its own adapter.
+        exclude: targets to leave out of the selection.
+        method: the adapter form, a method of :mod:`.registry` with its own layer:
+            ``"elalora"`` (SVD form with a rank mask, for the rank allocators)
+            or ``"lora"`` (fixed-rank ``B A`` form).
+        freeze_base: freeze every parameter of ``model`` not created here.
+
+    Returns:
+        The adapters in model order, one per part.
+    """
+    config = config or ElaLoRAConfig()
+    if method not in adapter_forms():
+        expected = " or ".join(repr(m) for m in adapter_forms())
+        raise TargetError(f"unknown adapter method {method!r}; expected {expected}")
+    layer_class = get_method(method).layer
+    names = match_targets(model, targets, exclude)
+    parts_of = resolve_split(names, split)
+    if freeze_base:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(config.seed)
+    for name in names:
+        layer = layer_class.from_config(model.get_submodule(name), parts_of.get(name), config, generator)
+        _set_submodule(model, name, layer)
+    return find_adapters(model)
+
+
+def unpatch_model(model: nn.Module, merge: bool = False) -> nn.Module:
+    """Put the original ``nn.Linear`` modules back (merging the updates first if ``merge``)."""
+    # Names as the given model (wrapper included) spells them, for _set_submodule.
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, AdaptedLinear)]
+    for name, layer in layers:
+        if merge:
+            layer.merge()
+        elif layer.merged:
+            layer.unmerge()
+        _set_submodule(model, name, layer.base_layer)
+    return model
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
