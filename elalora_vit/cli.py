@@ -71,7 +71,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    from .train.config import METHODS, PRECISIONS
+    from .core.config import field_docs
+    from .train.config import METHODS, PRECISIONS, AdapterConfig
 
     p = sub.add_parser(
         "train",
@@ -90,7 +91,8 @@ def _add_train(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config (see configs/default.yaml for every key)")
     p.add_argument("--task", help="VTAB-1k task, e.g. cifar (alias cifar100), dtd, kitti; 'elalora-vit list-tasks'")
     p.add_argument("--method", choices=METHODS, help="elalora (default), lora, adalora, full, linear")
-    p.add_argument("--rank", type=int, help="adapter rank r (ElaLoRA/LoRA: per adapter; AdaLoRA: final rank); default 8")
+    rank_doc, rank_default = field_docs(AdapterConfig)["rank"], AdapterConfig().rank
+    p.add_argument("--rank", type=int, help=f"adapter rank r per adapter: {rank_doc}; default {rank_default}")
     p.add_argument("--model", help="timm model name (default vit_base_patch16_224.orig_in21k)")
     p.add_argument("--checkpoint", metavar="PATH", help="local backbone weights (.npz, .safetensors, .pth) for offline machines")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (tests and demos only)")

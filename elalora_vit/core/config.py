@@ -14,25 +14,31 @@ class ConfigError(ValueError):
     """An invalid configuration value: the message names the key and what is allowed."""
 
 
+def setting(default: Any, doc: str) -> Any:
+    """A config field with its default and its one-line documentation (``field_docs``);
+    ``configs/default.yaml`` shows the same line as the key's comment."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def field_docs(config_class: type) -> dict[str, str]:
+    """The one-line documentation of every field of a config dataclass, by name."""
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(config_class)}
+
+
+def document_fields(config_class: type) -> type:
+    """Append the field docs to the class docstring, so ``help()`` shows them."""
+    lines = [f"        {name} (default {f.default!r}): {doc}"
+             for (name, doc), f in zip(field_docs(config_class).items(), dataclasses.fields(config_class))]
+    config_class.__doc__ = (config_class.__doc__ or "").rstrip() + "\n\n    Fields:\n" + "\n".join(lines) + "\n"
+    return config_class
+
+
+@document_fields
 @dataclass
 class ElaLoRAConfig:
-    """Hyper-parameters of ElaLoRA (METHOD.md sections 1-4).
-
-    Adapter shape:
-        rank: initial number of active ranks of every adapter (``r``).
-        max_rank: fixed capacity of every adapter; ``None`` means ``2 * rank``.
-        alpha: the update is scaled by ``alpha / rank`` (fixed when ranks change).
-        dropout: dropout on the adapter input (0 disables it).
-        init_std: std of the random initialisation of ``P`` and ``Q`` when
-            ``init="gaussian"``.
-        init: ``"orthogonal"`` (orthonormal rows of ``Q`` and columns of ``P``,
-            the default) or ``"gaussian"`` (N(0, init_std^2), as AdaLoRA and the
-            reference code).
-        lambda_lr_multiplier: learning rate of the singular values ``lambda``
-            relative to the other adapter parameters.  It acts through the
-            optimizer's parameter groups: build them with
-            :func:`adapter_param_groups` (the training loop does), otherwise it
-            has no effect.
+    """Hyper-parameters of ElaLoRA (METHOD.md sections 1-4); every schedule length
+    is counted in optimizer steps.  Each field's default and meaning are declared
+    once, below; the training config's adapter section is derived from them.
 
     Why these defaults (``init="orthogonal"``, ``lambda_lr_multiplier=20``): with
     ``lambda = 0`` and P, Q ~ N(0, 0.02^2), the update ``P diag(lambda) Q`` grows as
@@ -44,34 +50,28 @@ class ElaLoRAConfig:
     function is unchanged at init, scores are computed as before).  See
     BENCHMARKS.md, "Transfer learning: ElaLoRA vs LoRA at equal budget".
 
-    Allocation (all counted in optimizer steps):
-        k: each adapter offers its ``k`` weakest active ranks as candidates.
-        b: ranks moved per adjustment round at the start of the adjustment phase;
-            decays cubically to 0 (``cubic_schedule=True``) or stays constant.
-        beta1, beta2: EMA factors of sensitivity and uncertainty.
-        warmup_steps (t_warmup), adjust_interval (t_adjust), stabilize_steps
-            (t_stabilize): the three-phase schedule.
-        orth_reg_weight: gamma, weight of :func:`orthogonal_regularization`.
-        seed: seeds the random directions of expanded ranks.
+    ``lambda_lr_multiplier`` acts through the optimizer's parameter groups: build
+    them with :func:`adapter_param_groups` (the training loop does), otherwise it
+    has no effect.
     """
 
-    rank: int = 8
-    max_rank: int | None = None
-    alpha: float = 16.0
-    dropout: float = 0.0
-    init: str = "orthogonal"
-    init_std: float = 0.02
-    lambda_lr_multiplier: float = 20.0
-    k: int = 2
-    b: int = 4
-    beta1: float = 0.85
-    beta2: float = 0.85
-    warmup_steps: int = 500
-    adjust_interval: int = 150
-    stabilize_steps: int = 1500
-    cubic_schedule: bool = True
-    orth_reg_weight: float = 0.1
-    seed: int = 0
+    rank: int = setting(8, "initial number of active ranks of every adapter (r)")
+    max_rank: int | None = setting(None, "fixed capacity of every adapter; 2 x rank when unset")
+    alpha: float = setting(16.0, "scaling = alpha / rank (fixed when ranks change)")
+    dropout: float = setting(0.0, "dropout on the adapter input (0 disables it)")
+    init: str = setting("orthogonal", "orthogonal (orthonormal P, Q) | gaussian (std init_std, as AdaLoRA)")
+    init_std: float = setting(0.02, "std of the random P and Q when init is gaussian")
+    lambda_lr_multiplier: float = setting(20.0, "lambda learning rate = adapter learning rate x this (SVD adapters)")
+    k: int = setting(2, "candidates offered per adapter per round")
+    b: int = setting(4, "ranks moved per round at the start of the adjustment phase")
+    beta1: float = setting(0.85, "EMA factor of the sensitivity")
+    beta2: float = setting(0.85, "EMA factor of the uncertainty")
+    warmup_steps: int = setting(500, "t_warmup, the warm-up phase (scores accumulate, ranks stay)")
+    adjust_interval: int = setting(150, "t_adjust, the interval between rounds")
+    stabilize_steps: int = setting(1500, "t_stabilize, the final phase (ranks frozen)")
+    cubic_schedule: bool = setting(True, "b decays cubically to 0 over the adjustment phase (false: stays b)")
+    orth_reg_weight: float = setting(0.1, "gamma, weight of the orthogonal regulariser (SVD adapters)")
+    seed: int = setting(0, "seeds the initialisation and the random directions of expanded ranks")
 
     def __post_init__(self) -> None:
         if self.max_rank is None:
@@ -83,33 +83,16 @@ class ElaLoRAConfig:
         return self.alpha / self.rank
 
     def validate(self) -> None:
-        _check(isinstance(self.rank, int) and self.rank >= 1, "rank", self.rank, "an integer >= 1")
-        _check(
-            isinstance(self.max_rank, int) and self.max_rank >= self.rank,
-            "max_rank",
-            self.max_rank,
-            f"an integer >= rank ({self.rank})",
-        )
-        _check(self.alpha > 0, "alpha", self.alpha, "a number > 0")
-        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
-        _check(self.init in ("gaussian", "orthogonal"), "init", self.init, "'gaussian' or 'orthogonal'")
-        _check(self.init_std > 0, "init_std", self.init_std, "a number > 0")
-        _check(self.lambda_lr_multiplier > 0, "lambda_lr_multiplier", self.lambda_lr_multiplier, "a number > 0")
-        _check(isinstance(self.k, int) and self.k >= 1, "k", self.k, "an integer >= 1")
-        _check(isinstance(self.b, int) and self.b >= 0, "b", self.b, "an integer >= 0")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            _check(0.0 <= value < 1.0, name, value, "a number in [0, 1)")
+        check_adapter_values(self)
         for name in ("warmup_steps", "stabilize_steps"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 0, name, value, "an integer >= 0")
-        _check(
+            check_value(isinstance(value, int) and value >= 0, name, value, "an integer >= 0")
+        check_value(
             isinstance(self.adjust_interval, int) and self.adjust_interval >= 1,
             "adjust_interval",
             self.adjust_interval,
             "an integer >= 1",
         )
-        _check(self.orth_reg_weight >= 0, "orth_reg_weight", self.orth_reg_weight, "a number >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,7 +108,34 @@ class ElaLoRAConfig:
         return cls(**dict(values))
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+def check_adapter_values(values: Any) -> None:
+    """Check the adapter and allocation values of ``values`` (every
+    :class:`ElaLoRAConfig` field but the schedule and the seed), an ElaLoRAConfig or
+    any object with those attributes, such as the training config's adapter section.
+    ``max_rank=None`` stands for ``2 * rank``.  Raises :class:`ConfigError`."""
+    v = values
+    check_value(isinstance(v.rank, int) and v.rank >= 1, "rank", v.rank, "an integer >= 1")
+    if v.max_rank is not None:
+        check_value(
+            isinstance(v.max_rank, int) and v.max_rank >= v.rank,
+            "max_rank",
+            v.max_rank,
+            f"an integer >= rank ({v.rank})",
+        )
+    check_value(v.alpha > 0, "alpha", v.alpha, "a number > 0")
+    check_value(0.0 <= v.dropout < 1.0, "dropout", v.dropout, "a number in [0, 1)")
+    check_value(v.init in ("gaussian", "orthogonal"), "init", v.init, "'gaussian' or 'orthogonal'")
+    check_value(v.init_std > 0, "init_std", v.init_std, "a number > 0")
+    check_value(v.lambda_lr_multiplier > 0, "lambda_lr_multiplier", v.lambda_lr_multiplier, "a number > 0")
+    check_value(isinstance(v.k, int) and v.k >= 1, "k", v.k, "an integer >= 1")
+    check_value(isinstance(v.b, int) and v.b >= 0, "b", v.b, "an integer >= 0")
+    for name in ("beta1", "beta2"):
+        value = getattr(v, name)
+        check_value(0.0 <= value < 1.0, name, value, "a number in [0, 1)")
+    check_value(v.orth_reg_weight >= 0, "orth_reg_weight", v.orth_reg_weight, "a number >= 0")
+
+
+def check_value(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` naming ``key``, ``value`` and what is ``allowed`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"invalid value for '{key}': {value!r}; expected {allowed}")
-

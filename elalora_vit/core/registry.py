@@ -38,7 +38,8 @@ class Method:
         trains: ``"adapters"``, ``"all"`` (every parameter) or ``"head"`` (the
             classifier head only); the head always trains.
         orth_reg: whether the orthogonal regulariser applies (SVD adapters).
-        rank_help: what ``--rank`` means for this method.
+        rank_help: what ``rank`` (``--rank``) means for this method, in a few words;
+            ``None``: the method has no rank.
     """
 
     name: str
@@ -49,7 +50,7 @@ class Method:
     init_rank_factor: float | None = None
     trains: str = "adapters"
     orth_reg: bool = False
-    rank_help: str = "unused"
+    rank_help: str | None = None
 
     @property
     def saves_adapters(self) -> bool:
@@ -122,10 +123,10 @@ register_method(
         layer=SVDLinear,
         allocator=RankAllocator,
         orth_reg=True,
-        rank_help="initial rank of every adapter; ranks then move between adapters",
+        rank_help="initial rank",
     )
 )
-register_method(Method("lora", "LoRA", layer=LoRALinear, rank_help="the fixed rank of every adapter"))
+register_method(Method("lora", "LoRA", layer=LoRALinear, rank_help="fixed rank"))
 register_method(
     Method(
         "adalora",
@@ -135,7 +136,7 @@ register_method(
         allocator=AdaLoRAAllocator,
         init_rank_factor=1.5,
         orth_reg=True,
-        rank_help="final rank per adapter, pruned down from 1.5 x rank",
+        rank_help="final rank",
     )
 )
 register_method(Method("full", "full fine-tuning", trains="all"))

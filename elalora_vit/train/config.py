@@ -13,13 +13,13 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..core.config import ConfigError, ElaLoRAConfig
+from ..core.config import ConfigError, ElaLoRAConfig, check_adapter_values, check_value, document_fields, setting
+from ..core.registry import get_method, method_names
 
-METHODS = ("elalora", "lora", "adalora", "full", "linear")
+METHODS = method_names()  # the registry's, in registration order
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "linear", "constant")
-ADAPTER_METHODS = ("elalora", "lora", "adalora")
-_CORE = ElaLoRAConfig()  # the defaults of the adapter hyper-parameters
+ADAPTER_METHODS = tuple(m for m in METHODS if get_method(m).saves_adapters)
 
 
 @dataclass
@@ -46,30 +46,55 @@ class ModelConfig:
     split: dict[str, list[str]] | None = None  # None with default targets: qkv -> q, k, v
 
 
-@dataclass
-class AdapterConfig:
-    """Adapter hyper-parameters.  Their defaults are the core's (:class:`ElaLoRAConfig`,
-    one place); the schedule lengths are steps when >= 1, or fractions of the run's
-    total steps when < 1 (the core counts steps only)."""
+# The adapter section is ElaLoRAConfig's fields, with their defaults and docs, except:
+# the schedule lengths, here steps when >= 1 or else fractions of the run's total steps
+# (the core counts steps only); the seed, which is the run's; and two settings only a
+# training run has.
+_SCHEDULE = {  # core field -> (field here, default)
+    "warmup_steps": ("warmup", 0.1),
+    "adjust_interval": ("adjust_interval", 0.03),
+    "stabilize_steps": ("stabilize", 0.3),
+}
+_IN_STEPS_OR_FRACTIONS = "; steps if >= 1, else a fraction of the run"
+_FROM_RUN = ("seed",)
+_DOC_IN_A_RUN = {  # where the core's words do not say what a run makes of the value
+    "rank": ", ".join(f"{get_method(m).rank_help} ({get_method(m).title})" for m in ADAPTER_METHODS),
+}
+_RUN_ONLY = [
+    (
+        "adalora_init_rank",
+        "int | None",
+        setting(None, f"AdaLoRA's starting rank; {get_method('adalora').init_rank_factor:g} x rank when unset"),
+    ),
+    ("lr_multiplier", "float", setting(1.0, "adapter learning rate = optim.lr x lr_multiplier")),
+]
+SHARED_ADAPTER_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ElaLoRAConfig) if f.name not in _SCHEDULE and f.name not in _FROM_RUN
+)
 
-    rank: int = _CORE.rank
-    alpha: float = _CORE.alpha
-    max_rank: int | None = None  # None: 2 x rank
-    dropout: float = _CORE.dropout
-    init: str = _CORE.init
-    init_std: float = _CORE.init_std
-    lambda_lr_multiplier: float = _CORE.lambda_lr_multiplier
-    k: int = _CORE.k
-    b: int = _CORE.b
-    beta1: float = _CORE.beta1
-    beta2: float = _CORE.beta2
-    warmup: float = 0.1
-    adjust_interval: float = 0.03
-    stabilize: float = 0.3
-    cubic_schedule: bool = _CORE.cubic_schedule
-    orth_reg_weight: float = _CORE.orth_reg_weight
-    adalora_init_rank: int | None = None  # AdaLoRA starts here (default 1.5 x rank) and prunes to rank
-    lr_multiplier: float = 1.0  # learning rate of adapter parameters relative to optim.lr
+
+def _adapter_fields() -> list[tuple[str, str, Any]]:
+    fields = []
+    for f in dataclasses.fields(ElaLoRAConfig):
+        if f.name in _SCHEDULE:
+            name, default = _SCHEDULE[f.name]
+            fields.append((name, "float", setting(default, f.metadata["doc"] + _IN_STEPS_OR_FRACTIONS)))
+        elif f.name not in _FROM_RUN:
+            fields.append((f.name, f.type, setting(f.default, _DOC_IN_A_RUN.get(f.name, f.metadata["doc"]))))
+    return fields + _RUN_ONLY
+
+
+AdapterConfig = document_fields(
+    dataclasses.make_dataclass(
+        "AdapterConfig",
+        _adapter_fields(),
+        namespace={
+            "__module__": __name__,
+            "__doc__": "The adapter section of a run (elalora, lora, adalora): derived from\n"
+            "    :class:`ElaLoRAConfig`, see the comment above ``_SCHEDULE``.",
+        },
+    )
+)
 
 
 @dataclass
@@ -118,41 +143,34 @@ class TrainConfig:
         _positive_int("optim.batch_size", self.optim.batch_size)
         _positive_int("optim.epochs", self.optim.epochs)
         _positive_int("max_bad_steps", self.max_bad_steps)
-        _require(self.optim.lr > 0, "optim.lr", self.optim.lr, "a number > 0")
-        _require(self.optim.weight_decay >= 0, "optim.weight_decay", self.optim.weight_decay, "a number >= 0")
-        _require(self.optim.warmup_epochs >= 0, "optim.warmup_epochs", self.optim.warmup_epochs, "a number >= 0")
-        _require(self.optim.grad_clip >= 0, "optim.grad_clip", self.optim.grad_clip, "a number >= 0 (0 disables)")
-        _require(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0")
-        _require(self.adapter.lr_multiplier > 0, "adapter.lr_multiplier", self.adapter.lr_multiplier, "a number > 0")
+        check_value(self.optim.lr > 0, "optim.lr", self.optim.lr, "a number > 0")
+        check_value(self.optim.weight_decay >= 0, "optim.weight_decay", self.optim.weight_decay, "a number >= 0")
+        check_value(self.optim.warmup_epochs >= 0, "optim.warmup_epochs", self.optim.warmup_epochs, "a number >= 0")
+        check_value(self.optim.grad_clip >= 0, "optim.grad_clip", self.optim.grad_clip, "a number >= 0 (0 disables)")
+        check_value(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0")
+        check_value(self.adapter.lr_multiplier > 0, "adapter.lr_multiplier", self.adapter.lr_multiplier, "a number > 0")
         if self.data.image_size is not None:
             _positive_int("data.image_size", self.data.image_size)
-        for name in ("warmup", "adjust_interval", "stabilize"):
-            value = getattr(self.adapter, name)
-            _require(value >= 0, f"adapter.{name}", value, "steps (>= 1) or a fraction of the run (< 1)")
+        schedule = {name: getattr(self.adapter, name) for name, _ in _SCHEDULE.values()}
+        for name, value in schedule.items():
+            check_value(value >= 0, f"adapter.{name}", value, "steps (>= 1) or a fraction of the run (< 1)")
         if self.method in ADAPTER_METHODS:
-            self.core_config(total_steps=10**6)  # raises ConfigError on bad adapter values
+            for value in schedule.values():
+                _check_whole_steps(value)
+            check_adapter_values(self.adapter)
         return self
 
     def core_config(self, total_steps: int, rank: int | None = None, max_rank: int | None = None) -> ElaLoRAConfig:
         """The core's :class:`ElaLoRAConfig` with the schedule resolved for ``total_steps``."""
         a = self.adapter
+        shared = {name: getattr(a, name) for name in SHARED_ADAPTER_FIELDS}
+        shared["rank"] = rank or a.rank
+        shared["max_rank"] = max_rank if max_rank is not None else a.max_rank
         return ElaLoRAConfig(
-            rank=rank or a.rank,
-            max_rank=max_rank if max_rank is not None else a.max_rank,
-            alpha=a.alpha,
-            dropout=a.dropout,
-            init=a.init,
-            init_std=a.init_std,
-            lambda_lr_multiplier=a.lambda_lr_multiplier,
-            k=a.k,
-            b=a.b,
-            beta1=a.beta1,
-            beta2=a.beta2,
+            **shared,
             warmup_steps=steps_of(a.warmup, total_steps),
             adjust_interval=max(1, steps_of(a.adjust_interval, total_steps)),
             stabilize_steps=steps_of(a.stabilize, total_steps),
-            cubic_schedule=a.cubic_schedule,
-            orth_reg_weight=a.orth_reg_weight,
             seed=self.seed,
         )
 
@@ -160,10 +178,15 @@ class TrainConfig:
 def steps_of(value: float, total_steps: int) -> int:
     """``value`` steps when >= 1, else that fraction of ``total_steps`` (rounded)."""
     if value >= 1:
-        if value != int(value):
-            raise ConfigError(f"schedule length {value} must be a whole number of steps, or a fraction < 1")
+        _check_whole_steps(value)
         return int(value)
     return int(math.floor(value * total_steps + 0.5))
+
+
+def _check_whole_steps(value: float) -> None:
+    # A length >= 1 counts steps, so it cannot hold a fraction of one.
+    if value >= 1 and value != int(value):
+        raise ConfigError(f"schedule length {value} must be a whole number of steps, or a fraction < 1")
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -268,9 +291,6 @@ def _allowed(key: str, value: Any, allowed: tuple) -> None:
 
 
 def _positive_int(key: str, value: Any) -> None:
-    _require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+    check_value(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"invalid value for '{key}': {value!r}; expected {allowed}")

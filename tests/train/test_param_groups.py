@@ -2,6 +2,7 @@
 ones a Python API user gets from ``adapter_param_groups``."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from elalora_vit.core import ElaLoRAConfig, adapter_param_groups, patch_model
+from elalora_vit.core.config import field_docs
 from elalora_vit.train.config import AdapterConfig, TrainConfig, load_config
 from elalora_vit.train.methods import setup_method
 
@@ -27,6 +29,30 @@ def test_adapter_defaults_mirror_the_core_defaults():
     assert {"init", "init_std", "lambda_lr_multiplier", "alpha", "rank", "k", "b"} <= shared
     assert {k: getattr(train, k) for k in shared} == {k: getattr(core, k) for k in shared}
     assert TrainConfig().core_config(total_steps=1000).lambda_lr_multiplier == core.lambda_lr_multiplier
+
+
+def test_the_adapter_section_is_derived_from_the_core_config():
+    core = {f.name: f for f in dataclasses.fields(ElaLoRAConfig)}
+    train = {f.name: f for f in dataclasses.fields(AdapterConfig)}
+    schedule = {"warmup_steps": "warmup", "adjust_interval": "adjust_interval", "stabilize_steps": "stabilize"}
+    shared = set(core) - set(schedule) - {"seed"}
+    assert set(train) == shared | set(schedule.values()) | {"adalora_init_rank", "lr_multiplier"}
+    for name in shared - {"rank"}:  # rank has its own words in a run (what each method makes of it)
+        assert train[name].metadata["doc"] == core[name].metadata["doc"], name
+    for core_name, name in schedule.items():
+        assert train[name].metadata["doc"].startswith(core[core_name].metadata["doc"])
+    core_cfg = TrainConfig(seed=3).core_config(total_steps=1000)
+    assert core_cfg.seed == 3 and {n: getattr(core_cfg, n) for n in shared - {"max_rank"}} == {
+        n: getattr(AdapterConfig(), n) for n in shared - {"max_rank"}
+    }
+
+
+def test_default_yaml_comments_are_the_field_docs():
+    docs = field_docs(AdapterConfig)
+    assert all(docs.values()) and all(field_docs(ElaLoRAConfig).values())
+    lines = (REPO / "configs" / "default.yaml").read_text().split("\nadapter:")[1].split("\n\n")[0].splitlines()
+    comments = dict(re.fullmatch(r"  (\w+): \S+ +# (.*)", line).groups() for line in lines[1:])
+    assert comments == docs
 
 
 def _patched(method="elalora", **cfg):
