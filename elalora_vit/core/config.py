@@ -27,8 +27,7 @@ def field_docs(config_class: type) -> dict[str, str]:
 
 def document_fields(config_class: type) -> type:
     """Append the field docs to the class docstring, so ``help()`` shows them."""
-    lines = [f"        {name} (default {f.default!r}): {doc}"
-             for (name, doc), f in zip(field_docs(config_class).items(), dataclasses.fields(config_class))]
+    lines = [f"        {f.name} (default {f.default!r}): {f.metadata.get('doc', '')}" for f in dataclasses.fields(config_class)]
     config_class.__doc__ = (config_class.__doc__ or "").rstrip() + "\n\n    Fields:\n" + "\n".join(lines) + "\n"
     return config_class
 
