@@ -53,6 +53,11 @@ class Method:
     rank_help: str | None = None
 
     @property
+    def form(self) -> str:
+        """The adapter form: what ``patch_model(method=)`` and adapter files call this method's layers."""
+        return self.adapter_form or self.name
+
+    @property
     def saves_adapters(self) -> bool:
         """True: a run saves an adapter file; False: it saves the trained weights."""
         return self.layer is not None
@@ -105,7 +110,7 @@ def method_names() -> tuple[str, ...]:
 
 def adapter_forms() -> tuple[str, ...]:
     """The methods an adapter file can record: those that bring their own layer."""
-    return tuple(m.name for m in _METHODS.values() if m.layer is not None and m.adapter_form is None)
+    return tuple(m.name for m in _METHODS.values() if m.layer is not None and m.form == m.name)
 
 
 def form_of(layer: AdaptedLinear) -> Method:

@@ -1,13 +1,8 @@
-"""The fine-tuning methods of :mod:`elalora_vit.core.registry`, set up on the same
-backbone for the same loop:
+"""Setting up a fine-tuning method on the backbone for the training loop.
 
-- ``elalora``: SVD adapters whose ranks are pruned and expanded (:class:`RankAllocator`).
-- ``lora``: fixed-rank ``B A`` adapters.
-- ``adalora``: SVD adapters pruned from ``adalora_init_rank`` down to ``rank`` (:class:`AdaLoRAAllocator`).
-- ``full``: every parameter trains.
-- ``linear``: only the classifier head trains (linear probing).
-
-The classifier head always trains in full.
+What each method is (layer, allocator, what trains, what ``rank`` means) is its
+description in :mod:`elalora_vit.core.registry`; this module applies it to a
+timm ViT and a :class:`TrainConfig`.  The classifier head always trains in full.
 """
 
 from __future__ import annotations
@@ -59,7 +54,7 @@ def setup_method(model: nn.Module, cfg: TrainConfig, total_steps: int) -> Method
         targets, split = _targets(model, cfg)
         rank, max_rank = method.adapter_ranks(cfg.adapter.rank, cfg.adapter.max_rank, cfg.adapter.adalora_init_rank)
         adapter_config = cfg.core_config(total_steps, rank=rank, max_rank=max_rank)
-        patch_model(model, targets, adapter_config, split=split, exclude=heads, method=method.adapter_form or method.name)
+        patch_model(model, targets, adapter_config, split=split, exclude=heads, method=method.form)
         allocator = method.build_allocator(model, adapter_config, total_steps, rank=cfg.adapter.rank)
     for name in heads:
         model.get_submodule(name).requires_grad_(True)

@@ -55,7 +55,7 @@ def test_adalora_starts_at_one_and_a_half_times_rank_and_prunes_to_rank():
     model = _model()
     rank, max_rank = adalora.adapter_ranks(2, None)
     config = ElaLoRAConfig(rank=rank, max_rank=max_rank, warmup_steps=1, adjust_interval=1, stabilize_steps=1)
-    patch_model(model, ["0"], config, method=adalora.adapter_form)
+    patch_model(model, ["0"], config, method=adalora.form)
     allocator = adalora.build_allocator(model, config, total_steps=10, rank=2)
     assert isinstance(allocator, AdaLoRAAllocator) and allocator.target_rank == 2
     assert get_method("lora").build_allocator(model, config, 10, rank=2) is None
