@@ -71,7 +71,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
+    from .data import SOURCES
     from .train.config import METHODS, PRECISIONS
+    from .vit import DEFAULT_MODEL
 
     p = sub.add_parser(
         "train",
@@ -91,10 +93,10 @@ def _add_train(sub) -> None:
     p.add_argument("--task", help="VTAB-1k task, e.g. cifar (alias cifar100), dtd, kitti; 'elalora-vit list-tasks'")
     p.add_argument("--method", choices=METHODS, help="elalora (default), lora, adalora, full, linear")
     p.add_argument("--rank", type=int, help="adapter rank r (ElaLoRA/LoRA: per adapter; AdaLoRA: final rank); default 8")
-    p.add_argument("--model", help="timm model name (default vit_base_patch16_224.orig_in21k)")
+    p.add_argument("--model", help=f"timm model name (default {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", metavar="PATH", help="local backbone weights (.npz, .safetensors, .pth) for offline machines")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (tests and demos only)")
-    p.add_argument("--data-source", choices=("folder", "tfds", "digits"), help="where images come from (default folder)")
+    p.add_argument("--data-source", choices=SOURCES, help="where images come from (default folder)")
     p.add_argument("--data-dir", metavar="DIR", help="root of the VTAB-1k folder layout (default data/vtab-1k)")
     p.add_argument("--tfds-dir", metavar="DIR", help="tensorflow-datasets data_dir for --data-source tfds")
     p.add_argument("--image-size", type=int, help="input resolution (default: the model's, 224)")
