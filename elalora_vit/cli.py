@@ -190,7 +190,7 @@ SWEEP_EXAMPLES = """examples:
 
 
 def _vtab_sweep(args: argparse.Namespace) -> int:
-    from .sweep import parse_shard, plan_sweep, run_sweep, shard_runs
+    from .sweep import plan_sweep, run_sweep
     from .sweep.plan import DEFAULT_PRESETS, describe_plan
     from .sweep.runner import is_main_process
     from .train.config import parse_override
@@ -199,12 +199,10 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
-    runs = plan_sweep(args.tasks, args.methods, args.seeds, output=args.output, config=args.config,
-                      overrides=overrides, presets=presets)
-    total = len(runs)
-    if args.shard:
-        runs = shard_runs(runs, *parse_shard(args.shard))
+    plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets)
+    runs = plan_sweep(args.tasks, args.methods, args.seeds, shard=args.shard, **plan)
     if args.dry_run:
+        total = len(plan_sweep(args.tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
         print(describe_plan(runs, total, args.shard))
         return 0
     summary = run_sweep(runs, report_dir=None if args.no_report else args.output)
