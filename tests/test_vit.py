@@ -87,6 +87,18 @@ def test_default_targets_feed_the_core_matcher_and_name_parser():
     assert kinds == sorted((i, k) for i in range(2) for k in ("q", "k", "v", "proj", "fc1", "fc2"))
 
 
+def test_block_index_and_kind_reads_every_name_the_core_gives():
+    from elalora_vit.core import ElaLoRAConfig, find_adapters, patch_model
+
+    model = tiny()
+    targets, split = default_targets(model)
+    patch_model(model, targets, ElaLoRAConfig(rank=2), split=split)
+    refs = find_adapters(model)
+    assert len(refs) == 2 * 6
+    assert sorted(block_index_and_kind(ref.name) for ref in refs) == sorted(
+        (i, k) for i in range(2) for k in ("q", "k", "v", "proj", "fc1", "fc2"))
+
+
 @pytest.mark.parametrize("make", [
     lambda: create_backbone("resnet18", 4, pretrained=False),
     lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
