@@ -72,7 +72,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from .core.config import field_docs
+    from .data import SOURCES
     from .train.config import METHODS, PRECISIONS, AdapterConfig
+    from .vit import DEFAULT_MODEL
 
     p = sub.add_parser(
         "train",
@@ -93,10 +95,10 @@ def _add_train(sub) -> None:
     p.add_argument("--method", choices=METHODS, help="elalora (default), lora, adalora, full, linear")
     rank_doc, rank_default = field_docs(AdapterConfig)["rank"], AdapterConfig().rank
     p.add_argument("--rank", type=int, help=f"adapter rank r per adapter: {rank_doc}; default {rank_default}")
-    p.add_argument("--model", help="timm model name (default vit_base_patch16_224.orig_in21k)")
+    p.add_argument("--model", help=f"timm model name (default {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", metavar="PATH", help="local backbone weights (.npz, .safetensors, .pth) for offline machines")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (tests and demos only)")
-    p.add_argument("--data-source", choices=("folder", "tfds", "digits"), help="where images come from (default folder)")
+    p.add_argument("--data-source", choices=SOURCES, help="where images come from (default folder)")
     p.add_argument("--data-dir", metavar="DIR", help="root of the VTAB-1k folder layout (default data/vtab-1k)")
     p.add_argument("--tfds-dir", metavar="DIR", help="tensorflow-datasets data_dir for --data-source tfds")
     p.add_argument("--image-size", type=int, help="input resolution (default: the model's, 224)")
@@ -190,7 +192,7 @@ SWEEP_EXAMPLES = """examples:
 
 
 def _vtab_sweep(args: argparse.Namespace) -> int:
-    from .sweep import parse_shard, plan_sweep, run_sweep, shard_runs
+    from .sweep import plan_sweep, run_sweep
     from .sweep.plan import DEFAULT_PRESETS, describe_plan
     from .sweep.runner import is_main_process
     from .train.config import parse_override
@@ -199,12 +201,10 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
-    runs = plan_sweep(args.tasks, args.methods, args.seeds, output=args.output, config=args.config,
-                      overrides=overrides, presets=presets)
-    total = len(runs)
-    if args.shard:
-        runs = shard_runs(runs, *parse_shard(args.shard))
+    plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets)
+    runs = plan_sweep(args.tasks, args.methods, args.seeds, shard=args.shard, **plan)
     if args.dry_run:
+        total = len(plan_sweep(args.tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
         print(describe_plan(runs, total, args.shard))
         return 0
     summary = run_sweep(runs, report_dir=None if args.no_report else args.output)

@@ -18,7 +18,7 @@ from elalora_vit.vit import (
     create_backbone,
     default_targets,
     head_module_names,
-    resolve_normalization,
+    resolve_data_config,
 )
 
 TINY = "vit_tiny_patch16_224"
@@ -87,6 +87,18 @@ def test_default_targets_feed_the_core_matcher_and_name_parser():
     assert kinds == sorted((i, k) for i in range(2) for k in ("q", "k", "v", "proj", "fc1", "fc2"))
 
 
+def test_block_index_and_kind_reads_every_name_the_core_gives():
+    from elalora_vit.core import ElaLoRAConfig, find_adapters, patch_model
+
+    model = tiny()
+    targets, split = default_targets(model)
+    patch_model(model, targets, ElaLoRAConfig(rank=2), split=split)
+    refs = find_adapters(model)
+    assert len(refs) == 2 * 6
+    assert sorted(block_index_and_kind(ref.name) for ref in refs) == sorted(
+        (i, k) for i in range(2) for k in ("q", "k", "v", "proj", "fc1", "fc2"))
+
+
 @pytest.mark.parametrize("make", [
     lambda: create_backbone("resnet18", 4, pretrained=False),
     lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
@@ -119,16 +131,30 @@ def test_head_module_names():
         head_module_names(nn.Sequential(nn.Linear(4, 2)))
 
 
-def test_resolve_normalization():
+def test_resolve_data_config():
     # The original Google in21k weights were trained on [-1, 1] inputs.
     orig = create_backbone("vit_base_patch16_224.orig_in21k", 3, pretrained=False, **TINY_KW)
-    assert resolve_normalization(orig) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+    spec = resolve_data_config(orig)
+    assert (spec.mean, spec.std, spec.interpolation) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+    assert spec.image_size == 32  # the size the model was built for, not its pretrained 224
     deit = create_backbone("deit_tiny_patch16_224", 3, pretrained=False, **TINY_KW)
-    mean, std, interpolation = resolve_normalization(deit)
-    assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx((0.229, 0.224, 0.225))
-    assert interpolation == "bicubic"
-    plain = resolve_normalization(nn.Sequential(nn.Linear(2, 2)))
-    assert plain == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+    spec = resolve_data_config(deit)
+    assert spec.mean == pytest.approx((0.485, 0.456, 0.406)) and spec.std == pytest.approx((0.229, 0.224, 0.225))
+    assert spec.interpolation == "bicubic"
+    plain = resolve_data_config(nn.Sequential(nn.Linear(2, 2)))
+    assert (plain.mean, plain.std, plain.interpolation) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+    assert plain.image_size == 224
+
+
+def test_resolve_data_config_lets_explicit_values_win():
+    from elalora_vit.train.config import DataConfig
+
+    orig = create_backbone("vit_base_patch16_224.orig_in21k", 3, pretrained=False, **TINY_KW)
+    assert resolve_data_config(orig, DataConfig()) == resolve_data_config(orig)  # unset: the model decides
+    cfg = DataConfig(image_size=48, mean=[0.1, 0.2, 0.3], std=[1.0, 2.0, 3.0])
+    cfg.interpolation = "bilinear"  # not a config key (yet): any object with the attribute works
+    spec = resolve_data_config(orig, cfg)
+    assert (spec.image_size, spec.interpolation, spec.mean, spec.std) == (48, "bilinear", (0.1, 0.2, 0.3), (1.0, 2.0, 3.0))
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -1,29 +1,25 @@
 """Data for VTAB-1k fine-tuning: task registry, sources, preprocessing, datasets.
 
-The training loop needs one call::
+The training loop needs one call, `load_task_data` (in `load`)::
 
     data = load_task_data("cifar", data_dir="data/vtab-1k")
     train_loader = DataLoader(data.train, batch_size=64, shuffle=True)
     eval_loader = DataLoader(data.eval, batch_size=256, num_workers=4)
 
-Sources: "folder" reads the shared folder layout (see `folder`), "tfds" reads
-prepared tensorflow-datasets data without TensorFlow, "digits" serves the
-offline scikit-learn digits task.
+- `tasks`: the 19 VTAB-1k tasks, their groups and the task-selection grammar;
+- `load`: `load_task_data`, `resolve_task` and the `SOURCES` images come from;
+- `folder`, `tfds_source`, `digits`: the three sources; `prepare`: writing TFDS
+  data into the folder layout;
+- `transforms`, `datasets`, `labels`: preprocessing, datasets, VTAB label rules.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
-
-from torch.utils.data import Dataset
 
 from elalora_vit.data.datasets import ArraySource, ImageSource, LazyDataset, TensorCacheDataset
 from elalora_vit.data.digits import DIGITS_TASK, DigitsTask, digits_source, write_digits_folder
 from elalora_vit.data.errors import DataError, MissingDataError, UnknownSplitError, UnknownTaskError
 from elalora_vit.data.folder import folder_source
-from elalora_vit.data.prepare import prepare_vtab
+from elalora_vit.data.load import SOURCES, TaskData, load_task_data, open_source, resolve_task
 from elalora_vit.data.tasks import (
     GROUPS,
     SPLITS,
@@ -32,109 +28,25 @@ from elalora_vit.data.tasks import (
     VTabTask,
     check_split,
     get_task,
+    selected_tasks,
     task_names,
 )
-from elalora_vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-
-SOURCES = ("folder", "tfds", "digits")
+from elalora_vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, Preprocess
 
 __all__ = [
-    "DIGITS_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "SOURCES", "SPLITS", "TASKS",
+    "DIGITS_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "SOURCES", "SPLITS", "TASKS",
     "ArraySource", "DataError", "DigitsTask", "LazyDataset", "MissingDataError", "Preprocess",
     "TaskData", "TensorCacheDataset", "UnknownSplitError", "UnknownTaskError", "VTabTask",
-    "get_task", "load_task_data", "prepare_vtab", "resolve_task", "task_names", "write_digits_folder",
+    "get_task", "load_task_data", "prepare_vtab", "resolve_task", "selected_tasks", "task_names",
+    "write_digits_folder",
 ]
 
 
-@dataclass
-class TaskData:
-    """The datasets of one task, ready for DataLoaders.
+def __getattr__(name: str):
+    # prepare_vtab is imported on first use: it brings in the TFDS source, which
+    # loading folder data or planning a sweep does not need.
+    if name == "prepare_vtab":
+        from elalora_vit.data.prepare import prepare_vtab
 
-    `train` and `eval` yield (float tensor (3, image_size, image_size), int label).
-    """
-
-    train: Dataset
-    eval: Dataset
-    num_classes: int
-    task: TaskLike
-    source: str
-    train_split: str = "train800val200"
-    eval_split: str = "test"
-
-
-def load_task_data(
-    task: str,
-    *,
-    source: str = "folder",
-    data_dir: str | Path = "data/vtab-1k",
-    tfds_dir: str | Path | None = None,
-    train_split: str = "train800val200",
-    eval_split: str = "test",
-    image_size: int = 224,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    cache_train: bool = True,
-    progress: bool = True,
-) -> TaskData:
-    """Training and evaluation datasets of `task`, preprocessed per the VTAB-1k protocol.
-
-    Images are resized to image_size x image_size (bicubic, aspect ratio not
-    kept) and normalised with `mean` / `std`; there is no augmentation. With
-    `cache_train`, the training images are decoded and resized once and kept
-    in memory as uint8 (`TensorCacheDataset`); the evaluation set is always
-    decoded per item (`LazyDataset`), so use DataLoader workers for it.
-
-    `source` is "folder" (`<data_dir>/<task>/<split>.txt`), "tfds" (prepared
-    TFDS data in `tfds_dir`) or "digits" (offline, task "digits", ignores
-    `data_dir`). The folder source also accepts task "digits" for a folder
-    written by `write_digits_folder`.
-    """
-    resolved = resolve_task(task, source)
-    check_split(train_split)
-    check_split(eval_split)
-    preprocess = Preprocess(image_size, tuple(mean), tuple(std))
-    # Open the evaluation split first: its errors surface before the slow caching.
-    eval_images = open_source(resolved, eval_split, source, data_dir, tfds_dir)
-    train_images = open_source(resolved, train_split, source, data_dir, tfds_dir)
-    if cache_train:
-        description = f"caching {resolved.name} {train_split}"
-        train = TensorCacheDataset(train_images, preprocess, progress=progress, description=description)
-    else:
-        train = LazyDataset(train_images, preprocess)
-    return TaskData(
-        train=train,
-        eval=LazyDataset(eval_images, preprocess),
-        num_classes=resolved.num_classes,
-        task=resolved,
-        source=source,
-        train_split=train_split,
-        eval_split=eval_split,
-    )
-
-
-def resolve_task(name: str, source: str = "folder") -> TaskLike:
-    """The task `name` refers to for `source` (a VTAB task, or the digits task)."""
-    if source not in SOURCES:
-        raise DataError(f"unknown data source {source!r}; valid sources: {', '.join(SOURCES)}.")
-    is_digits = isinstance(name, str) and name.strip().lower() == DIGITS_TASK.name
-    if source == "digits" and not is_digits:
-        raise DataError(
-            f"source 'digits' serves only the task 'digits', not {name!r}; "
-            "use source='folder' or 'tfds' for VTAB tasks."
-        )
-    if is_digits and source == "tfds":
-        raise DataError("task 'digits' has no TFDS builder; use source='digits' or 'folder'.")
-    return DIGITS_TASK if is_digits else get_task(name)
-
-
-def open_source(
-    task: TaskLike, split: str, source: str, data_dir: str | Path, tfds_dir: str | Path | None
-) -> ImageSource:
-    """The image source of one split: a sequence of (image, int label)."""
-    if source == "digits":
-        return digits_source(split)
-    if source == "tfds":
-        from elalora_vit.data.tfds_source import TfdsSource
-
-        return TfdsSource(task, split, tfds_dir)
-    return folder_source(data_dir, task, split)
+        return prepare_vtab
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from elalora_vit.data.transforms import Preprocess, normalized, resized_pixels
+from elalora_vit.data.transforms import Preprocess, normalized
 
 ImageSource = Sequence[tuple[Any, int]]
 
@@ -73,7 +73,7 @@ class TensorCacheDataset(Dataset):
         description: str = "caching images",
     ):
         self.preprocess = preprocess
-        self.pixels, self.labels = cached_pixels(source, preprocess.image_size, progress, description)
+        self.pixels, self.labels = cached_pixels(source, preprocess, progress, description)
         self._mean = preprocess.mean_tensor()
         self._std = preprocess.std_tensor()
 
@@ -85,14 +85,14 @@ class TensorCacheDataset(Dataset):
 
 
 def cached_pixels(
-    source: ImageSource, image_size: int, progress: bool = True, description: str = "caching images"
+    source: ImageSource, preprocess: Preprocess, progress: bool = True, description: str = "caching images"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of `source` resized: uint8 (N, 3, image_size, image_size), and labels (N,)."""
-    count = len(source)
-    pixels = torch.empty((count, 3, image_size, image_size), dtype=torch.uint8)
+    """All images of `source` resized by `preprocess`: uint8 (N, 3, image_size, image_size), and labels (N,)."""
+    count, size = len(source), preprocess.image_size
+    pixels = torch.empty((count, 3, size, size), dtype=torch.uint8)
     labels = torch.empty(count, dtype=torch.long)
     for index in tqdm(range(count), desc=description, disable=not progress, leave=False):
         image, label = source[index]
-        pixels[index] = resized_pixels(image, image_size)
+        pixels[index] = preprocess.resized(image)
         labels[index] = int(label)
     return pixels, labels

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
-from elalora_vit.data.errors import UnknownSplitError, UnknownTaskError, prepare_command
+from elalora_vit.data.errors import DataError, UnknownSplitError, UnknownTaskError, prepare_command
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 """The split names of the VTAB-1k protocol and of the folder layout."""
@@ -156,3 +156,23 @@ def get_task(name: str) -> VTabTask:
             f"unknown VTAB-1k task {name!r}. Valid names: {', '.join(task_names())} "
             f"(aliases: {aliases})."
         ) from None
+
+
+def selected_tasks(tasks: str | Iterable[str]) -> list[VTabTask]:
+    """The tasks named by `tasks`, in table order, without repeats.
+
+    `tasks` is a task name or alias, a group name ("natural", "specialized",
+    "structured"), "all", a comma-separated string of those, or a list of them.
+    """
+    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    selected: list[str] = []
+    for name in (name.strip() for name in names if name.strip()):
+        if name.lower() == "all":
+            selected += task_names()
+        elif name.lower() in GROUPS:
+            selected += GROUPS[name.lower()]
+        else:
+            selected.append(get_task(name).name)
+    if not selected:
+        raise DataError(f"no tasks selected from {tasks!r}; name tasks, groups or 'all'.")
+    return [task for task in map(get_task, task_names()) if task.name in selected]

@@ -1,4 +1,5 @@
-"""VTAB-1k preprocessing: bicubic resize to a square, then mean/std normalisation.
+"""VTAB-1k preprocessing: resize to a square (bicubic for our timm ViTs, or whatever
+interpolation the model's pre-trained weights expect), then mean/std normalisation.
 
 No augmentation: the protocol trains on the plain resized images. The two steps
 are separate functions so that `TensorCacheDataset` can resize once and
@@ -18,10 +19,23 @@ from elalora_vit.data.errors import DataError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# timm's interpolation names (``pretrained_cfg["interpolation"]``) as PIL filters.
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
 
-def resized_pixels(image: Image.Image | np.ndarray, image_size: int) -> torch.Tensor:
-    """The image resized to image_size x image_size, bicubic, aspect ratio not kept.
 
+def resized_pixels(
+    image: Image.Image | np.ndarray, image_size: int, interpolation: str = "bicubic"
+) -> torch.Tensor:
+    """The image resized to image_size x image_size, aspect ratio not kept.
+
+    `interpolation` is one of `INTERPOLATIONS` (timm's names).
     `image` is a PIL image or a uint8 (H, W, 3) array. Returns a uint8 tensor of
     shape (3, image_size, image_size).
     """
@@ -30,7 +44,7 @@ def resized_pixels(image: Image.Image | np.ndarray, image_size: int) -> torch.Te
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        image = image.resize((image_size, image_size), _resample(interpolation))
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
@@ -42,9 +56,18 @@ def normalized(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return (pixels.float().div_(255.0) - mean) / std
 
 
+def _resample(interpolation: str) -> Image.Resampling:
+    try:
+        return INTERPOLATIONS[interpolation]
+    except (KeyError, TypeError):
+        raise DataError(
+            f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}."
+        ) from None
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize to `image_size` (bicubic) and normalise with `mean` / `std` per channel.
+    """Resize to `image_size` (with `interpolation`) and normalise with `mean` / `std` per channel.
 
     Calling it on a PIL image or uint8 (H, W, 3) array returns a float tensor of
     shape (3, image_size, image_size). Picklable, so DataLoader workers can use it.
@@ -53,6 +76,7 @@ class Preprocess:
     image_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 1:
@@ -62,6 +86,7 @@ class Preprocess:
                 raise DataError(f"{name} needs one value per RGB channel (3 values), got {values!r}.")
         if min(self.std) <= 0:
             raise DataError(f"std values must be positive, got {self.std!r}.")
+        _resample(self.interpolation)
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
@@ -73,6 +98,9 @@ class Preprocess:
         """`std` as a (3, 1, 1) float tensor."""
         return torch.tensor(self.std).view(3, 1, 1)
 
+    def resized(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """The uint8 pixels (3, image_size, image_size) of `image`, before normalisation."""
+        return resized_pixels(image, self.image_size, self.interpolation)
+
     def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
-        pixels = resized_pixels(image, self.image_size)
-        return normalized(pixels, self.mean_tensor(), self.std_tensor())
+        return normalized(self.resized(image), self.mean_tensor(), self.std_tensor())

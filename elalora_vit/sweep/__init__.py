@@ -9,7 +9,8 @@ and shardable, and the report that gathers their results into one table.
 - `runner`: trains them in order, skipping finished ones, resuming interrupted
   ones, recording failures in ``failed.json`` and going on.
 - `results`: gathers ``result.json`` files into per-task cells and VTAB aggregates.
-- `report` / `figures` / `published`: the files people read.
+- `report`: writes the files people read: `results_csv`, `markdown` (with `tables`, all
+  formatted by `formatting`), `figures`, next to the `published` numbers.
 """
 
 from .plan import DEFAULT_OUTPUT, DEFAULT_PRESETS, SweepRun, parse_shard, plan_sweep, shard_runs

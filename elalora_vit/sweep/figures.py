@@ -3,10 +3,10 @@ method's final rank per adapter averaged over tasks."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
+from ..core.files import atomic_write
 from ..train.report import mean_pattern, plot_rank_heatmap
 from .results import GROUP_NAMES, Results
 
@@ -102,14 +102,23 @@ def plot_mean_rank_heatmap(results: Results, method: str, path: Path) -> Path | 
                              initial_rank=initial_rank)
 
 
+class _NothingDrawn(Exception):
+    """Raised inside ``atomic_write`` when there is nothing to draw, so no file is put in place."""
+
+
 def _saved(path: Path, draw: Callable[[Path], Path | None]) -> Path | None:
-    """Draw into a temporary file and rename it into place, so that concurrent shards
-    finishing together never leave a half-written figure."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    if draw(tmp) is None:
+    """Draw atomically (the temporary file keeps ``path``'s suffix, from which matplotlib
+    takes the format), so that concurrent shards finishing together never leave a
+    half-written figure; None when ``draw`` had nothing to draw."""
+
+    def write(tmp: Path) -> None:
+        if draw(tmp) is None:
+            raise _NothingDrawn
+
+    try:
+        return atomic_write(path, write)
+    except _NothingDrawn:
         return None
-    os.replace(tmp, path)
-    return path
 
 
 def _pyplot():

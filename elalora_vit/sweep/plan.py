@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..core.config import ConfigError
-from ..data.prepare import selected_tasks
+from ..data.tasks import selected_tasks
 from ..train.config import METHODS, TrainConfig, load_config, read_yaml
 
 DEFAULT_OUTPUT = "runs/vtab"

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from ..train import train
 from ..train.report import write_json
+from .formatting import one_line
 from .plan import FAILED, SweepRun
 
 log = logging.getLogger(__name__)
@@ -120,5 +121,7 @@ def is_main_process() -> bool:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    # The whole message on one line, not just its first: the advice of a multi-line
+    # error (e.g. how to provide missing weights) must reach the sweep's summary.
+    text = one_line(str(err))
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..core.errors import first_line
+
 FORMAT = "elalora-vit/checkpoint/1"
 # Settings that must not change between a run and its resumption.
 RESUME_KEYS = (
@@ -53,9 +55,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # damaged bytes fail anywhere in the unpickler: IndexError, UnicodeDecodeError, ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"checkpoint {path} is truncated, corrupt or not a plain-data checkpoint ({first}); "
+            f"checkpoint {path} is truncated, corrupt or not a plain-data checkpoint ({first_line(err)}); "
             "delete it to start the run afresh"
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:

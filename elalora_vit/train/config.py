@@ -15,6 +15,8 @@ import yaml
 
 from ..core.config import ConfigError, ElaLoRAConfig, check_adapter_values, check_value, document_fields, setting
 from ..core.registry import get_method, method_names
+from ..data import SOURCES
+from ..vit import DEFAULT_MODEL
 
 METHODS = method_names()  # the registry's, in registration order
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -25,7 +27,7 @@ ADAPTER_METHODS = tuple(m for m in METHODS if get_method(m).saves_adapters)
 @dataclass
 class DataConfig:
     task: str = "cifar"
-    source: str = "folder"  # folder | tfds | digits
+    source: str = "folder"  # one of data.SOURCES: folder | tfds | digits
     data_dir: str = "data/vtab-1k"
     tfds_dir: str | None = None
     train_split: str = "train800val200"
@@ -38,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_base_patch16_224.orig_in21k"
+    name: str = DEFAULT_MODEL
     pretrained: bool = True
     checkpoint: str | None = None  # local .npz / .safetensors / .pth weights
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
@@ -139,7 +141,7 @@ class TrainConfig:
         _allowed("method", self.method, METHODS)
         _allowed("precision", self.precision, PRECISIONS)
         _allowed("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
-        _allowed("data.source", self.data.source, ("folder", "tfds", "digits"))
+        _allowed("data.source", self.data.source, SOURCES)
         _positive_int("optim.batch_size", self.optim.batch_size)
         _positive_int("optim.epochs", self.optim.epochs)
         _positive_int("max_bad_steps", self.max_bad_steps)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..core import orthogonal_regularization, save_adapters, unwrap_model
 from ..data import load_task_data, resolve_task
-from ..vit import create_backbone, resolve_normalization
+from ..vit import create_backbone, resolve_data_config
 from .checkpoint import CheckpointError, check_same_run, load_checkpoint, save_checkpoint
 from .config import ADAPTER_METHODS, TrainConfig
 from .health import HealthMonitor
@@ -102,17 +102,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
         checkpoint=cfg.model.checkpoint,
         **cfg.model.kwargs,
     )
-    mean, std, _ = resolve_normalization(model)
+    spec = resolve_data_config(model, cfg.data)
     data = load_task_data(
-        cfg.data.task,
+        task,
         source=cfg.data.source,
         data_dir=cfg.data.data_dir,
         tfds_dir=cfg.data.tfds_dir,
         train_split=cfg.data.train_split,
         eval_split=cfg.data.eval_split,
-        image_size=cfg.data.image_size or _input_size(model),
-        mean=cfg.data.mean or mean,
-        std=cfg.data.std or std,
+        image_size=spec.image_size,
+        interpolation=spec.interpolation,
+        mean=spec.mean,
+        std=spec.std,
         progress=cfg.progress and accelerator.is_main_process,
     )
 
@@ -417,13 +418,6 @@ def _progress_bar(cfg, accelerator, total, initial):
         disable=not (cfg.progress and accelerator.is_main_process),
         dynamic_ncols=True,
     )
-
-
-def _input_size(model) -> int:
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if size:
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
-    return int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
 
 
 def _accelerator(precision: str):

@@ -53,6 +53,21 @@ def test_preprocess_resizes_bicubic_to_a_square_and_normalises():
     assert torch.allclose(out, torch.from_numpy(expected.transpose(2, 0, 1)).float(), atol=1e-6)
 
 
+@pytest.mark.parametrize("interpolation, pil_filter", [
+    ("bilinear", PIL.Image.Resampling.BILINEAR), ("nearest", PIL.Image.Resampling.NEAREST),
+])
+def test_preprocess_and_the_cache_resize_with_the_interpolation_given(interpolation, pil_filter):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 10, 12, 3), dtype=np.uint8)
+    preprocess = Preprocess(image_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation=interpolation)
+    expected = np.asarray(PIL.Image.fromarray(images[0]).resize((16, 16), pil_filter)).transpose(2, 0, 1)
+    bicubic = np.asarray(PIL.Image.fromarray(images[0]).resize((16, 16), PIL.Image.Resampling.BICUBIC))
+    assert not np.array_equal(expected, bicubic.transpose(2, 0, 1))  # the filters differ on this image
+    assert torch.equal(preprocess.resized(images[0]), torch.from_numpy(expected.copy()))
+    cached = TensorCacheDataset(ArraySource(images, np.array([0, 1])), preprocess, progress=False)
+    assert torch.allclose(cached[0][0], torch.from_numpy(expected / 255).float(), atol=1e-6)
+
+
 def test_solid_colour_normalises_to_known_values():
     image = np.zeros((5, 5, 3), dtype=np.uint8)
     image[..., 0] = 255
@@ -74,6 +89,7 @@ def test_resized_pixels_accepts_pil_in_any_mode():
         ({"image_size": 0}, "image_size must be a positive integer"),
         ({"mean": (0.5, 0.5)}, "mean needs one value per RGB channel"),
         ({"std": (0.2, 0.0, 0.2)}, "std values must be positive"),
+        ({"interpolation": "cubic"}, "unknown interpolation 'cubic'; choose one of nearest, bilinear, bicubic"),
     ],
 )
 def test_preprocess_rejects_bad_settings(kwargs, message):

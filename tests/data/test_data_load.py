@@ -33,6 +33,26 @@ def test_splits_and_caching_can_be_chosen(folder_root):
     assert (len(data.train), len(data.eval)) == (6, 3)
 
 
+def test_a_resolved_task_is_used_as_it_is(folder_root):
+    from elalora_vit.data import DIGITS_TASK, resolve_task
+
+    task = resolve_task("EUROSAT", "folder")
+    data = load_task_data(task, data_dir=folder_root, image_size=8, interpolation="nearest", progress=False)
+    assert data.task is task and data.num_classes == 10
+    assert data.train.preprocess.interpolation == data.eval.preprocess.interpolation == "nearest"
+    with pytest.raises(DataError, match="no TFDS builder"):
+        resolve_task(DIGITS_TASK, "tfds")  # a resolved task is still checked against the source
+
+
+def test_planning_a_sweep_does_not_import_the_tfds_source():
+    import subprocess
+    import sys
+
+    code = "import sys, elalora_vit.sweep.plan; print('elalora_vit.data.tfds_source' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_mean_and_std_are_applied(folder_root):
     raw = load_task_data("eurosat", data_dir=folder_root, image_size=8, mean=(0, 0, 0), std=(1, 1, 1),
                          progress=False)

@@ -16,7 +16,7 @@ from elalora_vit.data import (
     prepare_vtab,
 )
 from elalora_vit.data.folder import read_split_list
-from elalora_vit.data.prepare import selected_tasks
+from elalora_vit.data.tasks import selected_tasks
 from elalora_vit.data.tfds_source import TfdsSource
 
 CIFAR = get_task("cifar")
