@@ -40,7 +40,7 @@ from .state import RunState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunFiles", "RunState", "TrainingError", "evaluate", "lr_factor", "train"]
+__all__ = ["TrainingError", "evaluate", "lr_factor", "train"]
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | None = None) -> dict[str, Any]:
@@ -60,19 +60,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
     accelerator = create_accelerator(cfg.precision)
     set_seed(cfg.seed)
     started = time.time()
+
+    # ---- backbone, data, method, optimizer, schedule
     model, data = _build_model_and_data(cfg, accelerator)
     steps_per_epoch = math.ceil(len(data.train) / (cfg.optim.batch_size * accelerator.num_processes))
-    state = _start(cfg, model, steps_per_epoch, accelerator, started)
+    state = _set_up_run(cfg, model, steps_per_epoch, accelerator, started)
 
+    # ---- resume, first outputs
     files.root.mkdir(parents=True, exist_ok=True)
     if resume and files.checkpoint.exists():
         resume_from(files.checkpoint, cfg, state, accelerator)
         log.info("resumed %s at epoch %d (step %d)", files.root, state.epoch, state.step)
     if accelerator.is_main_process:
         start_outputs(files, cfg, state.metrics)
-    state.current_rank = total_rank(state.unwrapped)
+    state.current_rank = total_rank(state.unwrapped)  # read once here; allocation rounds update it
     progress = progress_bar(cfg, accelerator, steps_per_epoch * cfg.optim.epochs, state.step)
 
+    # ---- the loop: an epoch of steps, its metrics line, a checkpoint
     while state.epoch < cfg.optim.epochs:
         train_loss = _train_epoch(state, cfg, data.train, accelerator, progress, files)
         state.epoch += 1
@@ -89,6 +93,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
             return {"interrupted_after_epoch": state.epoch}
     progress.close()
 
+    # ---- final evaluation and outputs
     accuracy = evaluate(state.model, data.eval, cfg, accelerator)
     result = run_result(cfg, files, state, accuracy)
     if accelerator.is_main_process:
@@ -143,7 +148,7 @@ def _input_size(model) -> int:
 
 
 
-def _start(cfg: TrainConfig, model, steps_per_epoch: int, accelerator, started: float) -> RunState:
+def _set_up_run(cfg: TrainConfig, model, steps_per_epoch: int, accelerator, started: float) -> RunState:
     """Set up the method on ``model``, AdamW and the LR schedule, prepared by accelerate."""
     total_steps = steps_per_epoch * cfg.optim.epochs
     method = setup_method(model, cfg, total_steps)
