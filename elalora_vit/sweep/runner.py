@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..train import train
 from ..core.files import atomic_write_json
+from ..train import train
 from .plan import FAILED, SweepRun
 
 log = logging.getLogger(__name__)
