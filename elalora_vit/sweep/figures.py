@@ -4,10 +4,10 @@ method's final rank per adapter averaged over tasks."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 from ..core.files import atomic_write
-from ..train.report import mean_pattern, plot_rank_heatmap
+from ..train.heatmap import plot_rank_heatmap
 from .results import GROUP_NAMES, Results
 
 GROUP_MEANS = "group_means.png"
@@ -129,3 +129,13 @@ def _pyplot():
 
     return plt
 
+
+def mean_pattern(patterns: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Average rank of each adapter over several runs."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for pattern in patterns:
+        for name, rank in pattern.items():
+            sums[name] = sums.get(name, 0.0) + rank
+            counts[name] = counts.get(name, 0) + 1
+    return {name: sums[name] / counts[name] for name in sums}

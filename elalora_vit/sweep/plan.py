@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..core.config import ConfigError
 from ..data.tasks import selected_tasks
 from ..train.config import METHODS, TrainConfig, load_config, read_yaml
+from ..train.run_files import RunFiles
 
 DEFAULT_OUTPUT = "runs/vtab"
 DEFAULT_PRESETS = Path(__file__).resolve().parents[2] / "configs" / "vtab"
@@ -56,25 +57,29 @@ class SweepRun:
     def output_dir(self) -> Path:
         return self.config.resolved_output_dir()
 
+    @property
+    def files(self) -> RunFiles:
+        return RunFiles(self.output_dir)
+
     def status(self) -> str:
         """``done`` (has result.json), ``failed`` (its last attempt failed), ``partial``
         (has a checkpoint to resume from) or ``new``."""
-        folder = self.output_dir
-        if (folder / "result.json").is_file():
+        files = self.files
+        if files.result.is_file():
             return "done"
-        if (folder / FAILED).is_file():
+        if (files.root / FAILED).is_file():
             return "failed"
-        if (folder / "checkpoint.pt").is_file():
+        if files.checkpoint.is_file():
             return "partial"
         return "new"
 
     def epochs_done(self) -> int | None:
         """Epochs recorded in metrics.jsonl (the checkpoint holds this many, or one fewer
         when the run was killed between the two writes); None without a checkpoint."""
-        folder = self.output_dir
-        if not (folder / "checkpoint.pt").is_file():
+        files = self.files
+        if not files.checkpoint.is_file():
             return None
-        lines = [line for line in _read_lines(folder / "metrics.jsonl") if line.strip()]
+        lines = [line for line in _read_lines(files.metrics) if line.strip()]
         try:
             return int(json.loads(lines[-1])["epoch"]) if lines else 0
         except (ValueError, KeyError, TypeError):

@@ -20,6 +20,7 @@ import yaml
 from ..data.errors import UnknownTaskError
 from ..data.tasks import GROUPS, get_task, task_names
 from ..train.config import METHODS
+from ..train.run_files import RunFiles
 from .plan import FAILED
 
 GROUP_NAMES: tuple[str, ...] = tuple(GROUPS)
@@ -190,7 +191,7 @@ def collect_results(root: str | Path) -> Results:
         raise FileNotFoundError(f"no such folder: {root}; pass the --output folder of a vtab-sweep")
     runs: dict[tuple[str, str, int], RunResult] = {}
     notes: list[str] = []
-    for path in sorted(root.rglob("result.json")):
+    for path in sorted(root.rglob(RunFiles(root).result.name)):
         try:
             run = _read_result(path)
         except (ValueError, KeyError, TypeError, OSError) as err:
@@ -213,7 +214,7 @@ def collect_results(root: str | Path) -> Results:
         )
     failures = []
     for path in sorted(root.rglob(FAILED)):
-        if not (path.parent / "result.json").is_file():
+        if not RunFiles(path.parent).result.is_file():
             try:
                 failure = json.loads(path.read_text())
             except (ValueError, OSError):
@@ -225,7 +226,7 @@ def collect_results(root: str | Path) -> Results:
 # ----------------------------------------------------------------------------- helpers
 def _read_result(path: Path) -> RunResult | None:
     data = json.loads(path.read_text())
-    config = _run_config(path.parent / "config.yaml")
+    config = _run_config(RunFiles(path.parent).config)
     try:
         task = get_task(str(data["task"]))
     except UnknownTaskError:

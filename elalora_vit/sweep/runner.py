@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..core.files import atomic_write_json
 from ..train import train
-from ..train.report import write_json
 from .formatting import one_line
 from .plan import FAILED, SweepRun
 
@@ -70,7 +70,7 @@ def run_sweep(runs: Sequence[SweepRun], *, report_dir: str | Path | None = None)
             summary.skipped.append(run.name)
             continue
         if main:
-            resuming = "resuming from its checkpoint" if (run.output_dir / "checkpoint.pt").is_file() else "starting"
+            resuming = "resuming from its checkpoint" if run.files.checkpoint.is_file() else "starting"
             log.info("[%d/%d] %s: %s (%s)", number, len(runs), run.name, resuming, run.output_dir)
             (run.output_dir / FAILED).unlink(missing_ok=True)
         try:
@@ -100,7 +100,7 @@ def run_sweep(runs: Sequence[SweepRun], *, report_dir: str | Path | None = None)
 def record_failure(run: SweepRun, err: BaseException) -> Path:
     """Write ``failed.json`` (error, traceback, settings source) into the run's folder."""
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    return write_json(
+    return atomic_write_json(
         run.output_dir / FAILED,
         {
             "task": run.task,

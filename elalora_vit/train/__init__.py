@@ -2,7 +2,11 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import METHODS, AdapterConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig, load_config
-from .loop import TrainingError, evaluate, train
+from .errors import TrainingError
+from .loop import train
+from .run_files import RunFiles
+from .runtime import evaluate
+from .state import RunState
 
 __all__ = [
     "METHODS",
@@ -11,6 +15,8 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "OptimConfig",
+    "RunFiles",
+    "RunState",
     "TrainConfig",
     "TrainingError",
     "evaluate",

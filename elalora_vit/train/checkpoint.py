@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..core.errors import first_line
+from ..core.files import atomic_write
 
 FORMAT = "elalora-vit/checkpoint/1"
 # Settings that must not change between a run and its resumption.
@@ -34,17 +34,13 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` so that ``path`` is always either the old or the new
-    complete checkpoint, never a partial one (temp file, fsync, atomic rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
+    complete checkpoint, never a partial one (see :func:`~elalora_vit.core.files.atomic_write`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+
+    return atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -85,15 +81,3 @@ def _get(config: dict[str, Any], dotted: str) -> Any:
         node = node.get(part) if isinstance(node, dict) else None
     return node
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -1,4 +1,4 @@
-"""The fine-tuning loop: one function, readable top to bottom.
+"""The fine-tuning loop, readable top to bottom.
 
     train(cfg) -> result
 
@@ -8,6 +8,10 @@ warm-up + cosine/linear LR schedule, gradient clipping, the orthogonal
 regulariser and the rank allocator, under fp32/bf16/fp16 through accelerate.
 Every epoch ends with an atomic checkpoint, so ``resume=True`` continues a
 stopped run and reaches what an uninterrupted run reaches.
+
+The pieces live beside it: the run's state (state.py), its files (run_files.py),
+checkpoint and resume (resume.py), outputs (outputs.py) and the accelerator,
+finite checks, evaluation and progress bar (runtime.py).
 """
 
 from __future__ import annotations
@@ -16,57 +20,27 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
-from torch.utils.data import DataLoader, Subset
 
-from ..core import orthogonal_regularization, save_adapters, unwrap_model
+from ..core import orthogonal_regularization
 from ..data import load_task_data, resolve_task
 from ..vit import create_backbone, resolve_data_config
-from .checkpoint import CheckpointError, check_same_run, load_checkpoint, save_checkpoint
-from .config import ADAPTER_METHODS, TrainConfig
+from .config import TrainConfig
+from .errors import TrainingError
 from .health import HealthMonitor
-from .methods import (
-    final_rank_pattern,
-    setup_method,
-    total_rank,
-    trainable_parameter_count,
-    trainable_state_names,
-)
-from .report import append_jsonl, plot_rank_heatmap, write_json
+from .methods import setup_method, total_rank
+from .outputs import append_jsonl, epoch_record, run_result, start_outputs, write_outputs
+from .resume import resume_from, save_run_checkpoint
+from .run_files import RunFiles
+from .runtime import create_accelerator, evaluate, finite_on_every_process, postfix, progress_bar
+from .state import RunState
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. too many non-finite steps); its last checkpoint is intact."""
-
-
-@dataclass
-class RunFiles:
-    root: Path
-
-    def __getattr__(self, name: str) -> Path:  # run.config, run.metrics, ...
-        names = {
-            "config": "config.yaml",
-            "metrics": "metrics.jsonl",
-            "result": "result.json",
-            "history": "rank_history.json",
-            "heatmap": "rank_heatmap.png",
-            "adapter": "adapter.safetensors",
-            "weights": "trained.safetensors",
-            "checkpoint": CHECKPOINT,
-        }
-        if name not in names:
-            raise AttributeError(name)
-        return self.root / names[name]
+__all__ = ["TrainingError", "evaluate", "lr_factor", "train"]
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | None = None) -> dict[str, Any]:
@@ -80,20 +54,68 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
     from accelerate.utils import set_seed
 
     cfg.validate()
-    run = RunFiles(cfg.resolved_output_dir())
-    if run.result.exists() and not resume:
-        raise TrainingError(
-            f"{run.root} already holds a finished run ({run.result.name}); "
-            "choose another --output, delete the folder, or pass --resume to keep it"
-        )
-    if run.result.exists():
-        return json.loads(run.result.read_text())
-    accelerator = _accelerator(cfg.precision)
+    files = RunFiles(cfg.resolved_output_dir())
+    if files.result.exists():
+        return _finished_run(files, resume)
+    accelerator = create_accelerator(cfg.precision)
     set_seed(cfg.seed)
     started = time.time()
 
-    # ---- backbone and data -------------------------------------------------
-    # The backbone first: missing pretrained weights fail fast, before the data is cached.
+    # ---- backbone, data, method, optimizer, schedule
+    model, data = _build_model_and_data(cfg, accelerator)
+    steps_per_epoch = math.ceil(len(data.train) / (cfg.optim.batch_size * accelerator.num_processes))
+    state = _set_up_run(cfg, model, steps_per_epoch, accelerator, started)
+
+    # ---- resume, first outputs
+    files.root.mkdir(parents=True, exist_ok=True)
+    if resume and files.checkpoint.exists():
+        resume_from(files.checkpoint, cfg, state, accelerator)
+        log.info("resumed %s at epoch %d (step %d)", files.root, state.epoch, state.step)
+    if accelerator.is_main_process:
+        start_outputs(files, cfg, state.metrics)
+    state.current_rank = total_rank(state.unwrapped)  # read once here; allocation rounds update it
+    progress = progress_bar(cfg, accelerator, steps_per_epoch * cfg.optim.epochs, state.step)
+
+    # ---- the loop: an epoch of steps, its metrics line, a checkpoint
+    while state.epoch < cfg.optim.epochs:
+        train_loss = _train_epoch(state, cfg, data.train, accelerator, progress, files)
+        state.epoch += 1
+        record = epoch_record(state, train_loss)
+        if cfg.eval_every and state.epoch % cfg.eval_every == 0 and state.epoch < cfg.optim.epochs:
+            state.last_eval = evaluate(state.model, data.eval, cfg, accelerator)
+            record.update(eval_acc=state.last_eval, eval_split=cfg.data.eval_split)
+        state.metrics.append(record)
+        if accelerator.is_main_process:
+            append_jsonl(files.metrics, record)
+        save_run_checkpoint(files.checkpoint, cfg, state, accelerator)
+        if stop_after_epoch is not None and stop_after_epoch <= state.epoch < cfg.optim.epochs:
+            progress.close()
+            return {"interrupted_after_epoch": state.epoch}
+    progress.close()
+
+    # ---- final evaluation and outputs
+    accuracy = evaluate(state.model, data.eval, cfg, accelerator)
+    result = run_result(cfg, files, state, accuracy)
+    if accelerator.is_main_process:
+        write_outputs(files, cfg, state, result)
+    accelerator.wait_for_everyone()
+    return result
+
+
+# ------------------------------------------------------------------------------ pieces
+def _finished_run(files: RunFiles, resume: bool) -> dict[str, Any]:
+    """A finished run's result, for ``resume``; without it, an error that protects the run."""
+    if not resume:
+        raise TrainingError(
+            f"{files.root} already holds a finished run ({files.result.name}); "
+            "choose another --output, delete the folder, or pass --resume to keep it"
+        )
+    return json.loads(files.result.read_text())
+
+
+def _build_model_and_data(cfg: TrainConfig, accelerator):
+    """The backbone and the task's data, normalised and sized as the backbone expects.
+    The backbone comes first: missing pretrained weights fail fast, before the data is cached."""
     task = resolve_task(cfg.data.task, cfg.data.source)
     model = create_backbone(
         cfg.model.name,
@@ -116,129 +138,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
         std=spec.std,
         progress=cfg.progress and accelerator.is_main_process,
     )
+    return model, data
 
-    # ---- method, optimizer, schedule ---------------------------------------
-    world = accelerator.num_processes
-    steps_per_epoch = math.ceil(len(data.train) / (cfg.optim.batch_size * world))
+
+def _set_up_run(cfg: TrainConfig, model, steps_per_epoch: int, accelerator, started: float) -> RunState:
+    """Set up the method on ``model``, AdamW and the LR schedule, prepared by accelerate."""
     total_steps = steps_per_epoch * cfg.optim.epochs
     method = setup_method(model, cfg, total_steps)
     optimizer = torch.optim.AdamW(method.param_groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, total_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    allocator = method.allocator
-    health = HealthMonitor(allocator, log)
-
-    # ---- resume -------------------------------------------------------------
-    run.root.mkdir(parents=True, exist_ok=True)
-    epoch, step, metrics_so_far = 0, 0, []
-    if resume and run.checkpoint.exists():
-        state = load_checkpoint(run.checkpoint)
-        check_same_run(state.get("config"), cfg.to_dict(), run.checkpoint)
-        try:  # plain data of the right format, yet not what this run wrote (edited, truncated by hand)
-            epoch, step = _restore(state, accelerator, model, optimizer, scheduler, allocator, health)
-            metrics_so_far = list(state["metrics"])
-            started -= float(state["wall_time"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise CheckpointError(
-                f"checkpoint {run.checkpoint} does not fit this run ({detail}); delete it to start the run afresh"
-            ) from err
-        if accelerator.is_main_process:  # drop lines of an epoch that ended after the last checkpoint
-            run.metrics.write_text("".join(json.dumps(m) + "\n" for m in metrics_so_far))
-        log.info("resumed %s at epoch %d (step %d)", run.root, epoch, step)
-    elif accelerator.is_main_process:
-        run.metrics.write_text("")
-    if accelerator.is_main_process:
-        run.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    progress = _progress_bar(cfg, accelerator, total_steps, step)
-    last_eval: float | None = metrics_so_far[-1].get("eval_acc") if metrics_so_far else None
-    bad_in_a_row = 0
-    unwrapped = unwrap_model(model)
-    current_rank = total_rank(unwrapped)  # changes only in a round: not re-read every step
-
-    # ---- the loop -------------------------------------------------------------
-    while epoch < cfg.optim.epochs:
-        model.train()
-        loss_sum, loss_count = torch.zeros(()), 0
-        for x, y in _train_batches(data.train, cfg, epoch, accelerator):
-            x, y = x.to(accelerator.device), y.to(accelerator.device)
-            with accelerator.autocast():
-                loss = F.cross_entropy(model(x), y)
-                if method.uses_orth_reg:
-                    loss = loss + method.adapter_config.orth_reg_weight * orthogonal_regularization(unwrapped)
-            accelerator.backward(loss)
-            grad_norm = None
-            if cfg.optim.grad_clip > 0:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            finite = _finite_on_every_process(loss, grad_norm, model, accelerator)
-            if finite or accelerator.scaler is not None:  # with a scaler, it decides what to skip
-                optimizer.step()
-            skipped = not finite or accelerator.optimizer_step_was_skipped
-            scheduler.step()
-            if allocator is not None:
-                record = allocator.step(
-                    optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, skipped=skipped
-                )
-                if record is not None:
-                    health.after_round(record, unwrapped)
-                    current_rank = sum(record.rank_pattern.values())
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bad_in_a_row = bad_in_a_row + 1 if skipped else 0
-            health.after_step(step, None if skipped else float(loss.detach()), skipped)
-            if bad_in_a_row >= cfg.max_bad_steps:
-                saved = (
-                    f"The checkpoint of epoch {epoch} in {run.checkpoint} is intact (continue with --resume)"
-                    if run.checkpoint.exists()
-                    else "No checkpoint was written yet (the first epoch did not finish)"
-                )
-                raise TrainingError(
-                    f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
-                    f"(step {step}); the run stops. {saved}: lower the learning rate, use bf16 "
-                    "instead of fp16, or check the data"
-                )
-            if not skipped:
-                loss_sum += loss.detach().float().cpu()
-                loss_count += 1
-            progress.update(1)
-            progress.set_postfix(_postfix(loss_sum, loss_count, last_eval, scheduler, current_rank), refresh=False)
-        epoch += 1
-
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": float(loss_sum / max(loss_count, 1)),
-            "lr": scheduler.get_last_lr()[0],
-            "total_rank": current_rank,
-            "skipped_steps": health.skipped_steps,
-            "time_s": round(time.time() - started, 2),
-        }
-        if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < cfg.optim.epochs:
-            last_eval = evaluate(model, data.eval, cfg, accelerator)
-            record["eval_acc"] = last_eval
-            record["eval_split"] = cfg.data.eval_split
-        metrics_so_far.append(record)
-        if accelerator.is_main_process:
-            append_jsonl(run.metrics, record)
-        _checkpoint(run, cfg, accelerator, model, optimizer, scheduler, allocator, health, epoch, step,
-                    metrics_so_far, time.time() - started)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.optim.epochs:
-            progress.close()
-            return {"interrupted_after_epoch": epoch}
-    progress.close()
-
-    # ---- final evaluation and outputs --------------------------------------------
-    accuracy = evaluate(model, data.eval, cfg, accelerator)
-    result = _result(cfg, run, unwrapped, method, allocator, health, accuracy, step, time.time() - started)
-    if accelerator.is_main_process:
-        metrics_so_far[-1]["eval_acc"] = accuracy
-        _write_outputs(run, cfg, unwrapped, method, allocator, result)
-    accelerator.wait_for_everyone()
-    return result
+    health = HealthMonitor(method.allocator, log)
+    return RunState(model, optimizer, scheduler, method, health, started=started)
 
 
-# ------------------------------------------------------------------------------ pieces
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int, total_steps: int):
     """LR multiplier per step: linear warm-up, then cosine / linear decay to min_lr, or constant."""
     warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
@@ -274,168 +187,70 @@ def _train_batches(dataset, cfg: TrainConfig, epoch: int, accelerator):
         yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
-@torch.no_grad()
-def evaluate(model, dataset, cfg: TrainConfig, accelerator) -> float:
-    """Top-1 accuracy (%) on ``dataset``, each process scoring its share."""
-    model.eval()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    share = Subset(dataset, list(range(rank, len(dataset), world)))
-    loader = DataLoader(
-        share,
-        batch_size=max(64, cfg.optim.batch_size),
-        num_workers=cfg.data.num_workers,
-        persistent_workers=False,
-    )
-    counts = torch.zeros(2, device=accelerator.device)
-    for x, y in loader:
-        x, y = x.to(accelerator.device), y.to(accelerator.device)
-        with accelerator.autocast():
-            logits = model(x)
-        counts[0] += (logits.argmax(dim=-1) == y).sum()
-        counts[1] += y.numel()
-    counts = accelerator.reduce(counts, reduction="sum")
-    model.train()
-    return round(100.0 * float(counts[0]) / max(float(counts[1]), 1.0), 4)
+
+def _train_epoch(state: RunState, cfg: TrainConfig, dataset, accelerator, progress, files: RunFiles) -> float:
+    """One epoch of optimizer steps; returns its mean loss over the steps not skipped."""
+    state.model.train()
+    loss_sum, loss_count = torch.zeros(()), 0
+    for x, y in _train_batches(dataset, cfg, state.epoch, accelerator):
+        loss, skipped = _train_step(state, cfg, x, y, accelerator)
+        _stop_after_too_many_bad_steps(state, skipped, cfg.max_bad_steps, files)
+        if not skipped:
+            loss_sum += loss.detach().float().cpu()
+            loss_count += 1
+        progress.update(1)
+        progress.set_postfix(postfix(loss_sum, loss_count, state.last_eval, state.scheduler, state.current_rank),
+                             refresh=False)
+    return float(loss_sum / max(loss_count, 1))
 
 
-def _finite_on_every_process(loss, grad_norm, model, accelerator) -> bool:
-    """Whether this step's loss and gradients are finite on every process.
+def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator) -> tuple[torch.Tensor, bool]:
+    """Forward, backward, clip, AdamW and LR steps, then the allocator's; returns the
+    loss and whether the step was skipped (non-finite on some process)."""
+    x, y = x.to(accelerator.device), y.to(accelerator.device)
+    with accelerator.autocast():
+        loss = F.cross_entropy(state.model(x), y)
+        if state.method.uses_orth_reg:
+            loss = loss + state.method.adapter_config.orth_reg_weight * orthogonal_regularization(state.unwrapped)
+    accelerator.backward(loss)
+    grad_norm = None
+    if cfg.optim.grad_clip > 0:
+        grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), cfg.optim.grad_clip)
+    finite = finite_on_every_process(loss, grad_norm, state.model, accelerator)
+    if finite or accelerator.scaler is not None:  # with a scaler, it decides what to skip
+        state.optimizer.step()
+    skipped = not finite or accelerator.optimizer_step_was_skipped
+    state.scheduler.step()
+    if state.allocator is not None:
+        _allocation_step(state, skipped)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.health.after_step(state.step, None if skipped else float(loss.detach()), skipped)
+    return loss, skipped
 
-    Processes see different batches: a bad batch gives one process a NaN loss while
-    the others see a finite loss and the NaN gradients DDP averaged in. All must skip
-    the step together, or their weights and rank decisions drift apart. Without
-    clipping there is no gradient norm yet; it is computed here, so that a non-finite
-    gradient behind a finite loss is caught too.
-    """
-    if grad_norm is None:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    ok = bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(grad_norm))
-    failed = accelerator.reduce(torch.tensor(float(not ok), device=accelerator.device), reduction="sum")
-    return float(failed) == 0
+
+def _allocation_step(state: RunState, skipped: bool) -> None:
+    """The allocator's step: importance scores, and a prune/expand round when one is due."""
+    optimizer = state.optimizer.optimizer if hasattr(state.optimizer, "optimizer") else state.optimizer
+    record = state.allocator.step(optimizer, skipped=skipped)
+    if record is not None:
+        state.health.after_round(record, state.unwrapped)
+        state.current_rank = sum(record.rank_pattern.values())
 
 
-def _checkpoint(run, cfg, accelerator, model, optimizer, scheduler, allocator, health, epoch, step, metrics, wall):
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
+def _stop_after_too_many_bad_steps(state: RunState, skipped: bool, max_bad_steps: int, files: RunFiles) -> None:
+    """Count non-finite steps in a row; stop the run at ``max_bad_steps`` of them, saying
+    whether a checkpoint to resume from exists."""
+    state.bad_in_a_row = state.bad_in_a_row + 1 if skipped else 0
+    if state.bad_in_a_row < max_bad_steps:
         return
-    unwrapped = unwrap_model(model)
-    full_state = unwrapped.state_dict()
-    state = {
-        "config": cfg.to_dict(),
-        "epoch": epoch,
-        "step": step,
-        "model": {k: full_state[k] for k in trainable_state_names(unwrapped, cfg)},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-        "allocator": allocator.state_dict() if allocator is not None else None,
-        "health": health.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "metrics": metrics,
-        "wall_time": wall,
-    }
-    save_checkpoint(run.checkpoint, state)
-    accelerator.wait_for_everyone()
-
-
-def _restore(state, accelerator, model, optimizer, scheduler, allocator, health) -> tuple[int, int]:
-    unwrapped = unwrap_model(model)
-    missing = set(state["model"]) - set(unwrapped.state_dict())
-    if missing:
-        raise TrainingError(f"checkpoint holds weights this model lacks: {sorted(missing)[:4]}")
-    unwrapped.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if accelerator.scaler is not None and state["scaler"] is not None:
-        accelerator.scaler.load_state_dict(state["scaler"])
-    if allocator is not None:
-        allocator.load_state_dict(state["allocator"])
-    health.load_state_dict(state["health"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["epoch"]), int(state["step"])
-
-
-def _result(cfg, run, model, method, allocator, health, accuracy, steps, wall) -> dict[str, Any]:
-    pattern = final_rank_pattern(model)
-    return {
-        "task": cfg.data.task,
-        "method": cfg.method,
-        "seed": cfg.seed,
-        "eval_split": cfg.data.eval_split,
-        "accuracy": accuracy,
-        "trainable_params": trainable_parameter_count(model),
-        "total_rank": sum(pattern.values()) if pattern else None,
-        "rank_pattern": pattern,
-        "rounds": len(allocator.history) if allocator is not None else 0,
-        "steps": steps,
-        "epochs": cfg.optim.epochs,
-        "skipped_steps": health.skipped_steps,
-        "health": health.summary(),
-        "model": cfg.model.name,
-        "pretrained": bool(cfg.model.pretrained or cfg.model.checkpoint),
-        "wall_time_s": round(wall, 2),
-        "output_dir": str(run.root),
-    }
-
-
-def _write_outputs(run, cfg, model, method, allocator, result) -> None:
-    if cfg.method in ADAPTER_METHODS:
-        save_adapters(model, run.adapter, method.adapter_config, modules_to_save=method.head_names)
-    else:
-        from safetensors.torch import save_file
-
-        trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(trainable, str(run.weights))
-    if result["rank_pattern"]:  # the adapter methods
-        write_json(run.history, [r.to_dict() for r in allocator.history] if allocator is not None else [])
-        plot_rank_heatmap(
-            result["rank_pattern"],
-            run.heatmap,
-            title=f"{cfg.data.task} / {cfg.method}: rank per adapter",
-            initial_rank=method.adapter_config.rank if allocator is not None else None,
-        )
-    write_json(run.result, result)
-
-
-def _postfix(loss_sum, loss_count, last_eval, scheduler, rank: int | None) -> dict[str, str]:
-    postfix = {"loss": f"{float(loss_sum) / max(loss_count, 1):.3f}", "lr": f"{scheduler.get_last_lr()[0]:.2e}"}
-    if last_eval is not None:
-        postfix["acc"] = f"{last_eval:.1f}"
-    if rank is not None:
-        postfix["rank"] = str(rank)
-    return postfix
-
-
-def _progress_bar(cfg, accelerator, total, initial):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=f"{cfg.data.task}/{cfg.method}",
-        unit="step",
-        disable=not (cfg.progress and accelerator.is_main_process),
-        dynamic_ncols=True,
+    saved = (
+        f"The checkpoint of epoch {state.epoch} in {files.checkpoint} is intact (continue with --resume)"
+        if files.checkpoint.exists()
+        else "No checkpoint was written yet (the first epoch did not finish)"
     )
-
-
-def _accelerator(precision: str):
-    """A fresh Accelerator for this run: accelerate keeps its settings in a process-wide
-    singleton, so a second run in the same process (a sweep, a test) must reset them."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    cpu = _cpu_only(precision)
-    AcceleratorState._reset_state()  # keeps the distributed (process group) state
-    return Accelerator(mixed_precision=_mixed_precision(precision), cpu=cpu)
-
-
-def _mixed_precision(precision: str) -> str:
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-
-
-def _cpu_only(precision: str) -> bool:
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise TrainingError("precision fp16 needs a CUDA GPU; use --precision bf16 (or fp32) on CPU")
-    return not torch.cuda.is_available()
+    raise TrainingError(
+        f"{state.bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
+        f"(step {state.step}); the run stops. {saved}: lower the learning rate, use bf16 "
+        "instead of fp16, or check the data"
+    )

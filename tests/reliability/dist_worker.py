@@ -36,9 +36,10 @@ def install(nan_at: int | None, nan_on: int | None) -> None:
             snapshots["rounds"].append({"record": record.to_dict(), "adapters": adapter_tensors(model)})
             super().after_round(record, model)
 
-    original_result, original_batches = loop._result, loop._train_batches
+    original_result, original_batches = loop.run_result, loop._train_batches
 
-    def result(cfg, run, model, method, allocator, health, *args):
+    def result(cfg, files, run_state, *args):
+        model, allocator, health = run_state.unwrapped, run_state.allocator, run_state.health
         state = allocator.state_dict()
         snapshots["final"] = {
             "adapters": adapter_tensors(model),
@@ -49,7 +50,7 @@ def install(nan_at: int | None, nan_on: int | None) -> None:
             "allocator_skipped": allocator.skipped_steps,
             "loop_skipped": health.skipped_steps,
         }
-        return original_result(cfg, run, model, method, allocator, health, *args)
+        return original_result(cfg, files, run_state, *args)
 
     step = 0
 
@@ -63,7 +64,7 @@ def install(nan_at: int | None, nan_on: int | None) -> None:
             yield x, y
 
     loop.HealthMonitor = RecordingHealth
-    loop._result = result
+    loop.run_result = result
     loop._train_batches = batches
 
 

@@ -106,7 +106,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path)
 
     state = load_checkpoint(path)
     assert state["generation"] == 2 and torch.equal(state["payload"], torch.arange(1_000_000.0) + 2)
-    partial = tmp_path / f".checkpoint.pt.tmp-{writer.pid}"
+    partial = tmp_path / f".checkpoint.{writer.pid}.tmp.pt"
     assert partial.is_file() and 0 < partial.stat().st_size < path.stat().st_size
     with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(partial)

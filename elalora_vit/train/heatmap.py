@@ -1,31 +1,16 @@
-"""Run outputs that people read: JSON files and the rank heatmap."""
+"""The rank heatmap: a ViT's final rank per adapter as blocks x projection kinds,
+like the paper's allocation figure (one run's, or the sweep's mean over runs)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from ..vit import block_index_and_kind
 
 KIND_ORDER = ("q", "k", "v", "qkv", "proj", "fc1", "fc2")
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def rank_matrix(pattern: Mapping[str, float]) -> tuple[np.ndarray, list[str]] | None:
@@ -83,14 +68,3 @@ def plot_rank_heatmap(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def mean_pattern(patterns: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Average rank of each adapter over several runs (for the sweep's figure)."""
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for pattern in patterns:
-        for name, rank in pattern.items():
-            sums[name] = sums.get(name, 0.0) + rank
-            counts[name] = counts.get(name, 0) + 1
-    return {name: sums[name] / counts[name] for name in sums}

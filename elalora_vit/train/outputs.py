@@ -1,0 +1,96 @@
+"""What a run leaves for people and tools to read: config.yaml and metrics.jsonl while
+it trains, then result.json, rank_history.json, the rank heatmap and the trained
+adapters (or weights). Every file but the appended metrics is written atomically."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..core import save_adapters
+from ..core.files import atomic_write, atomic_write_json, atomic_write_text
+from .config import ADAPTER_METHODS, TrainConfig
+from .heatmap import plot_rank_heatmap, rank_matrix
+from .methods import final_rank_pattern, trainable_parameter_count
+from .run_files import RunFiles
+from .state import RunState
+
+
+def start_outputs(files: RunFiles, cfg: TrainConfig, metrics: list[dict[str, Any]]) -> None:
+    """Write the settings, and the metrics lines of the epochs the checkpoint holds: a
+    resumed run drops lines of an epoch that ended after its last checkpoint."""
+    atomic_write_text(files.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
+    atomic_write_text(files.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def epoch_record(state: RunState, train_loss: float) -> dict[str, Any]:
+    """The metrics line of the epoch ``state`` just finished (evaluation fields are added by the loop)."""
+    return {
+        "epoch": state.epoch,
+        "step": state.step,
+        "train_loss": train_loss,
+        "lr": state.scheduler.get_last_lr()[0],
+        "total_rank": state.current_rank,
+        "skipped_steps": state.health.skipped_steps,
+        "time_s": round(time.time() - state.started, 2),
+    }
+
+
+def run_result(cfg: TrainConfig, files: RunFiles, state: RunState, accuracy: float) -> dict[str, Any]:
+    """The run's summary, as ``train`` returns it and result.json holds it."""
+    pattern = final_rank_pattern(state.unwrapped)
+    return {
+        "task": cfg.data.task,
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "eval_split": cfg.data.eval_split,
+        "accuracy": accuracy,
+        "trainable_params": trainable_parameter_count(state.unwrapped),
+        "total_rank": sum(pattern.values()) if pattern else None,
+        "rank_pattern": pattern,
+        "rounds": len(state.allocator.history) if state.allocator is not None else 0,
+        "steps": state.step,
+        "epochs": cfg.optim.epochs,
+        "skipped_steps": state.health.skipped_steps,
+        "health": state.health.summary(),
+        "model": cfg.model.name,
+        "pretrained": bool(cfg.model.pretrained or cfg.model.checkpoint),
+        "wall_time_s": round(time.time() - state.started, 2),
+        "output_dir": str(files.root),
+    }
+
+
+def write_outputs(files: RunFiles, cfg: TrainConfig, state: RunState, result: dict[str, Any]) -> None:
+    """The trained adapters (or weights), the round history and heatmap, then result.json:
+    last, since its presence marks the run finished."""
+    model, method, allocator = state.unwrapped, state.method, state.allocator
+    if cfg.method in ADAPTER_METHODS:
+        save_adapters(model, files.adapter, method.adapter_config, modules_to_save=method.head_names)
+    else:
+        from safetensors.torch import save_file
+
+        trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        atomic_write(files.weights, lambda tmp: save_file(trainable, str(tmp)))
+    if result["rank_pattern"]:  # the adapter methods
+        atomic_write_json(files.history, [r.to_dict() for r in allocator.history] if allocator is not None else [])
+        title = f"{cfg.data.task} / {cfg.method}: rank per adapter"
+        initial_rank = method.adapter_config.rank if allocator is not None else None
+        write_rank_heatmap(result["rank_pattern"], files.heatmap, title, initial_rank)
+    atomic_write_json(files.result, result)
+
+
+def write_rank_heatmap(pattern: Mapping[str, float], path: Path, title: str, initial_rank: float | None) -> Path | None:
+    """:func:`plot_rank_heatmap` into ``path`` atomically; None (and no file) when
+    ``pattern`` is not a ViT's."""
+    if rank_matrix(pattern) is None:
+        return None
+    return atomic_write(path, lambda tmp: plot_rank_heatmap(pattern, tmp, title=title, initial_rank=initial_rank))

@@ -1,0 +1,96 @@
+"""Where and how a run executes: the accelerator (devices, processes, precision), the
+check that a step is finite on every process, evaluation, and the progress bar."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .config import TrainConfig
+from .errors import TrainingError
+
+
+def create_accelerator(precision: str):
+    """A fresh Accelerator for this run: accelerate keeps its settings in a process-wide
+    singleton, so a second run in the same process (a sweep, a test) must reset them."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cpu = _cpu_only(precision)
+    AcceleratorState._reset_state()  # keeps the distributed (process group) state
+    return Accelerator(mixed_precision=_mixed_precision(precision), cpu=cpu)
+
+
+def _mixed_precision(precision: str) -> str:
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def _cpu_only(precision: str) -> bool:
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise TrainingError("precision fp16 needs a CUDA GPU; use --precision bf16 (or fp32) on CPU")
+    return not torch.cuda.is_available()
+
+
+def finite_on_every_process(loss, grad_norm, model, accelerator) -> bool:
+    """Whether this step's loss and gradients are finite on every process.
+
+    Processes see different batches: a bad batch gives one process a NaN loss while
+    the others see a finite loss and the NaN gradients DDP averaged in. All must skip
+    the step together, or their weights and rank decisions drift apart. Without
+    clipping there is no gradient norm yet; it is computed here, so that a non-finite
+    gradient behind a finite loss is caught too.
+    """
+    if grad_norm is None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    ok = bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(grad_norm))
+    failed = accelerator.reduce(torch.tensor(float(not ok), device=accelerator.device), reduction="sum")
+    return float(failed) == 0
+
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg: TrainConfig, accelerator) -> float:
+    """Top-1 accuracy (%) on ``dataset``, each process scoring its share."""
+    model.eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    share = Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(
+        share,
+        batch_size=max(64, cfg.optim.batch_size),
+        num_workers=cfg.data.num_workers,
+        persistent_workers=False,
+    )
+    counts = torch.zeros(2, device=accelerator.device)
+    for x, y in loader:
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        with accelerator.autocast():
+            logits = model(x)
+        counts[0] += (logits.argmax(dim=-1) == y).sum()
+        counts[1] += y.numel()
+    counts = accelerator.reduce(counts, reduction="sum")
+    model.train()
+    return round(100.0 * float(counts[0]) / max(float(counts[1]), 1.0), 4)
+
+
+def progress_bar(cfg: TrainConfig, accelerator, total: int, initial: int):
+    """A tqdm bar over optimizer steps, on the main process only (``progress: false`` hides it)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"{cfg.data.task}/{cfg.method}",
+        unit="step",
+        disable=not (cfg.progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
+
+
+def postfix(loss_sum, loss_count: int, last_eval: float | None, scheduler, rank: int | None) -> dict[str, str]:
+    """The bar's live numbers: the epoch's mean loss so far, LR, last top-1 and total rank."""
+    shown = {"loss": f"{float(loss_sum) / max(loss_count, 1):.3f}", "lr": f"{scheduler.get_last_lr()[0]:.2e}"}
+    if last_eval is not None:
+        shown["acc"] = f"{last_eval:.1f}"
+    if rank is not None:
+        shown["rank"] = str(rank)
+    return shown
