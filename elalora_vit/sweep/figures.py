@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from ..core.files import atomic_write
+from ..core.registry import get_method, method_names
 from ..train.heatmap import plot_rank_heatmap
 from .results import GROUP_NAMES, Results
 
 GROUP_MEANS = "group_means.png"
 PER_TASK = "per_task_top1.png"
 RANK_HEATMAP = "rank_heatmap_{method}.png"
-RANKED_METHODS = ("elalora", "adalora", "lora")  # methods whose final rank pattern is worth drawing
 
 
 def write_figures(results: Results, folder: Path) -> dict[str, Path]:
@@ -25,7 +25,7 @@ def write_figures(results: Results, folder: Path) -> dict[str, Path]:
         folder / GROUP_MEANS, lambda path: plot_group_means(results, path))
     figures["Top-1 per task (mean ± std over seeds)"] = _saved(folder / PER_TASK, lambda path: plot_per_task(results, path))
     for method in results.methods:
-        if method not in RANKED_METHODS:
+        if not _ranks_move(method):  # a fixed-rank method's pattern is a flat grid
             continue
         path = _saved(folder / RANK_HEATMAP.format(method=method), lambda p, m=method: plot_mean_rank_heatmap(results, m, p))
         if path is not None:
@@ -86,6 +86,10 @@ def plot_per_task(results: Results, path: Path) -> Path:
     return path
 
 
+def _ranks_move(method: str) -> bool:
+    return method in method_names() and get_method(method).allocator is not None
+
+
 def plot_mean_rank_heatmap(results: Results, method: str, path: Path) -> Path | None:
     """``method``'s final rank per adapter, averaged over seeds within a task, then over
     tasks (each task weighs the same); None without rank patterns."""
@@ -97,7 +101,9 @@ def plot_mean_rank_heatmap(results: Results, method: str, path: Path) -> Path | 
     if not per_task:
         return None
     initial = {run.initial_rank for task in results.tasks if (cell := results.cell(task, method)) for run in cell.runs}
-    initial_rank = initial.pop() if method != "adalora" and len(initial) == 1 else None
+    # a pruning method starts above its final rank: its start is no reference line
+    prunes_from_above = method in method_names() and get_method(method).init_rank_factor is not None
+    initial_rank = initial.pop() if not prunes_from_above and len(initial) == 1 else None
     return plot_rank_heatmap(mean_pattern(per_task), path, title=f"{method}: mean final rank over {len(per_task)} task(s)",
                              initial_rank=initial_rank)
 
