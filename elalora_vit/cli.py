@@ -88,7 +88,8 @@ def _add_train(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="YAML config (see configs/default.yaml for every key)")
-    p.add_argument("--task", help="VTAB-1k task, e.g. cifar (alias cifar100), dtd, kitti; 'elalora-vit list-tasks'")
+    p.add_argument("--task", help="VTAB-1k task, e.g. cifar (alias cifar100: outputs use the name cifar), dtd, kitti; "
+                                  "'elalora-vit list-tasks'")
     p.add_argument("--method", choices=METHODS, help="elalora (default), lora, adalora, full, linear")
     p.add_argument("--rank", type=int, help="adapter rank r (ElaLoRA/LoRA: per adapter; AdaLoRA: final rank); default 8")
     p.add_argument("--model", help="timm model name (default vit_base_patch16_224.orig_in21k)")
@@ -113,10 +114,10 @@ def _add_train(sub) -> None:
 
 # ----------------------------------------------------------------------------- data
 def _prepare_vtab(args: argparse.Namespace) -> int:
-    from .data import prepare_vtab
+    from .data import parse_task_list, prepare_vtab
 
     folders = prepare_vtab(
-        args.tasks,
+        parse_task_list(args.tasks),
         args.data_dir,
         args.tfds_dir,
         download=args.download,
@@ -140,7 +141,9 @@ def _add_prepare(sub) -> None:
             "diabetic_retinopathy)."
         ),
     )
-    p.add_argument("--tasks", default="all", help="task names, groups (natural, specialized, structured) or 'all', comma-separated")
+    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
+                   help="task names or aliases, groups (natural, specialized, structured) or 'all' (default), "
+                        "separated by spaces or commas")
     p.add_argument("--data-dir", default="data/vtab-1k", help="where to write the folders (default data/vtab-1k)")
     p.add_argument("--tfds-dir", help="tensorflow-datasets data_dir holding the prepared builders")
     p.add_argument("--download", action="store_true", help="download and prepare missing TFDS data (needs TensorFlow)")
@@ -188,6 +191,7 @@ SWEEP_EXAMPLES = """examples:
 
 
 def _vtab_sweep(args: argparse.Namespace) -> int:
+    from .data.tasks import parse_task_list
     from .sweep import parse_shard, plan_sweep, run_sweep, shard_runs
     from .sweep.plan import DEFAULT_PRESETS, describe_plan
     from .sweep.runner import is_main_process
@@ -197,7 +201,7 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
-    runs = plan_sweep(args.tasks, args.methods, args.seeds, output=args.output, config=args.config,
+    runs = plan_sweep(parse_task_list(args.tasks), args.methods, args.seeds, output=args.output, config=args.config,
                       overrides=overrides, presets=presets)
     total = len(runs)
     if args.shard:
@@ -237,7 +241,8 @@ def _add_sweep(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
-                   help="task names or aliases, groups (natural, specialized, structured) or 'all' (default)")
+                   help="task names or aliases, groups (natural, specialized, structured) or 'all' (default), "
+                        "separated by spaces or commas")
     p.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD",
                    help="elalora, lora, adalora, full, linear, or 'all' (default)")
     p.add_argument("--seeds", nargs="+", default=["0"], metavar="SEED", help="random seeds (default 0)")

@@ -32,6 +32,7 @@ from elalora_vit.data.tasks import (
     VTabTask,
     check_split,
     get_task,
+    parse_task_list,
     task_names,
 )
 from elalora_vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -42,7 +43,7 @@ __all__ = [
     "DIGITS_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "SOURCES", "SPLITS", "TASKS",
     "ArraySource", "DataError", "DigitsTask", "LazyDataset", "MissingDataError", "Preprocess",
     "TaskData", "TensorCacheDataset", "UnknownSplitError", "UnknownTaskError", "VTabTask",
-    "get_task", "load_task_data", "prepare_vtab", "resolve_task", "task_names", "write_digits_folder",
+    "get_task", "load_task_data", "parse_task_list", "prepare_vtab", "resolve_task", "task_names", "write_digits_folder",
 ]
 
 

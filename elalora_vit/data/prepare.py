@@ -10,9 +10,8 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from elalora_vit.data.errors import DataError
 from elalora_vit.data.folder import is_complete_task_dir, write_task_dir
-from elalora_vit.data.tasks import GROUPS, VTabTask, get_task, task_names
+from elalora_vit.data.tasks import VTabTask, get_task, parse_task_list
 from elalora_vit.data.tfds_source import TfdsSource
 
 logger = logging.getLogger(__name__)
@@ -31,7 +30,8 @@ def prepare_vtab(
     """Writes VTAB-1k tasks in the folder layout under `data_dir`; returns their folders.
 
     `tasks` is a task name, a group name ("natural", "specialized",
-    "structured"), "all", a comma-separated string of those, or a list of them.
+    "structured"), "all", a string of those separated by spaces or commas, or a
+    list of them (see `parse_task_list`).
     The TFDS data must already be prepared in `tfds_dir` as array_record files,
     unless `download=True` (which needs TensorFlow and internet access). Images
     are saved as JPEG under `<task>/images/<split>/`. A task whose folder already
@@ -52,18 +52,7 @@ def prepare_vtab(
 
 def selected_tasks(tasks: str | Iterable[str]) -> list[VTabTask]:
     """The tasks named by `tasks` (see `prepare_vtab`), in table order, without repeats."""
-    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    selected: list[str] = []
-    for name in (name.strip() for name in names if name.strip()):
-        if name.lower() == "all":
-            selected += task_names()
-        elif name.lower() in GROUPS:
-            selected += GROUPS[name.lower()]
-        else:
-            selected.append(get_task(name).name)
-    if not selected:
-        raise DataError(f"no tasks selected from {tasks!r}; name tasks, groups or 'all'.")
-    return [task for task in map(get_task, task_names()) if task.name in selected]
+    return [get_task(name) for name in parse_task_list(tasks)]
 
 
 def write_task_from_tfds(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
-from elalora_vit.data.errors import UnknownSplitError, UnknownTaskError, prepare_command
+from elalora_vit.data.errors import DataError, UnknownSplitError, UnknownTaskError, prepare_command
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 """The split names of the VTAB-1k protocol and of the folder layout."""
@@ -156,3 +156,28 @@ def get_task(name: str) -> VTabTask:
             f"unknown VTAB-1k task {name!r}. Valid names: {', '.join(task_names())} "
             f"(aliases: {aliases})."
         ) from None
+
+
+def parse_task_list(tasks: str | Iterable[str]) -> list[str]:
+    """Canonical task names, in table order and without repeats, from a task list as
+    users type it: task names, aliases (any case), groups ("natural", "specialized",
+    "structured") or "all", separated by spaces, commas or both, in one string or a
+    list of strings (``--tasks natural kitti`` and ``--tasks natural,kitti`` alike).
+
+    The one parser of task lists: every command that takes ``--tasks`` calls it.
+    Raises `UnknownTaskError` for an unknown name, `DataError` for an empty list.
+    """
+    items = [tasks] if isinstance(tasks, str) else list(tasks)
+    words = [word for item in items for word in str(item).replace(",", " ").split()]
+    chosen: set[str] = set()
+    for word in words:
+        if word.lower() == "all":
+            chosen.update(task_names())
+        elif word.lower() in GROUPS:
+            chosen.update(GROUPS[word.lower()])
+        else:
+            chosen.add(get_task(word).name)
+    if not chosen:
+        raise DataError(f"no tasks selected from {tasks!r}; name tasks, groups (natural, specialized, "
+                        "structured) or 'all', separated by spaces or commas.")
+    return [name for name in task_names() if name in chosen]
