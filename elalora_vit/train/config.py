@@ -282,7 +282,7 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
     if not isinstance(values, Mapping):
         raise ConfigError(f"invalid value for '{prefix.rstrip('.') or 'config'}': {values!r}; expected a section (a mapping of keys to values)")
     hints = field_types(cls)
-    unknown = sorted(set(values) - set(hints))
+    unknown = sorted(set(values) - set(hints), key=str)
     if unknown:
         where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
         raise ConfigError(f"unknown config key(s) {[prefix + str(k) for k in unknown]} in {where}; allowed: {sorted(hints)}")
