@@ -133,7 +133,7 @@ class TrainConfig:
             value = getattr(self.adapter, name)
             _require(value >= 0, f"adapter.{name}", value, "steps (>= 1) or a fraction of the run (< 1)")
         if self.method in ADAPTER_METHODS:
-            self.core_config(total_steps=10**6)  # raises ConfigError on bad adapter values
+            _check_adapter(self)
         return self
 
     def core_config(self, total_steps: int, rank: int | None = None, max_rank: int | None = None) -> ElaLoRAConfig:
@@ -415,6 +415,28 @@ def describe_type(hint: Any, key: str | None = None) -> str:
         inner = typing.get_args(args[1])
         return f"a mapping of names to lists of strings, e.g. {{qkv: [q, k, v]}}" if inner == (str,) else f"a mapping of names to {args[1]}"
     return repr(hint)
+
+
+_CORE_KEYS = {"warmup_steps": "adapter.warmup", "stabilize_steps": "adapter.stabilize", "seed": "seed"}
+"""Core field -> config key, where the name differs from ``adapter.<field>``."""
+
+
+def _check_adapter(cfg: TrainConfig) -> None:
+    """The core's checks of the adapter values, its errors naming the config keys
+    (``adapter.rank``, not the core's ``rank``)."""
+    for name in ("warmup", "adjust_interval", "stabilize"):
+        value = getattr(cfg.adapter, name)
+        if value >= 1 and value != int(value):
+            raise ConfigError(f"invalid value for 'adapter.{name}': {value!r}; expected a whole number of steps (>= 1) "
+                              "or a fraction of the run (< 1)")
+    try:
+        cfg.core_config(total_steps=10**6)
+    except ConfigError as err:
+        match = re.match(r"invalid value for '(\w+)'", str(err))
+        if match is None:
+            raise
+        key = _CORE_KEYS.get(match[1], f"adapter.{match[1]}")
+        raise ConfigError(str(err).replace(f"'{match[1]}'", f"'{key}'", 1)) from None
 
 
 def _normalise(cfg: TrainConfig) -> None:

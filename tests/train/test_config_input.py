@@ -160,6 +160,18 @@ def test_config_errors_instead_of_tracebacks(text, message):
         _set(text)
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [("adapter.rank", 0), ("adapter.max_rank", 2), ("adapter.alpha", 0), ("adapter.dropout", 1), ("adapter.init", "foo"),
+     ("adapter.init_std", 0), ("adapter.lambda_lr_multiplier", 0), ("adapter.k", 0), ("adapter.b", -1),
+     ("adapter.beta1", 1), ("adapter.beta2", 1), ("adapter.warmup", 2.5), ("adapter.adjust_interval", 1.5),
+     ("adapter.stabilize", -1), ("adapter.orth_reg_weight", -1)],
+)
+def test_values_the_core_refuses_are_named_by_their_config_key(key, value):
+    with pytest.raises(ConfigError, match=rf"invalid value for '{re.escape(key)}': {re.escape(repr(value))}"):
+        load_config(None, {key: value})
+
+
 def test_a_single_target_is_a_one_element_list_and_matches_real_timm_blocks():
     from elalora_vit.train.methods import final_rank_pattern, setup_method
     from elalora_vit.vit import create_backbone
