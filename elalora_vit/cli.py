@@ -28,6 +28,9 @@ EXAMPLES = """examples:
 
 # ----------------------------------------------------------------------------- train
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags and --set give.  Numeric flags stay text here: the config
+    converts them as it converts --set values (any float() spelling, ``--epochs 1e2``)
+    and names the key when one does not fit."""
     from .train.config import parse_override
 
     flags = {
@@ -91,23 +94,25 @@ def _add_train(sub) -> None:
     p.add_argument("--task", help="VTAB-1k task, e.g. cifar (alias cifar100: outputs use the name cifar), dtd, kitti; "
                                   "'elalora-vit list-tasks'")
     p.add_argument("--method", choices=METHODS, help="elalora (default), lora, adalora, full, linear")
-    p.add_argument("--rank", type=int, help="adapter rank r (ElaLoRA/LoRA: per adapter; AdaLoRA: final rank); default 8")
+    p.add_argument("--rank", help="adapter rank r (ElaLoRA/LoRA: per adapter; AdaLoRA: final rank); default 8")
     p.add_argument("--model", help="timm model name (default vit_base_patch16_224.orig_in21k)")
     p.add_argument("--checkpoint", metavar="PATH", help="local backbone weights (.npz, .safetensors, .pth) for offline machines")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (tests and demos only)")
     p.add_argument("--data-source", choices=("folder", "tfds", "digits"), help="where images come from (default folder)")
     p.add_argument("--data-dir", metavar="DIR", help="root of the VTAB-1k folder layout (default data/vtab-1k)")
     p.add_argument("--tfds-dir", metavar="DIR", help="tensorflow-datasets data_dir for --data-source tfds")
-    p.add_argument("--image-size", type=int, help="input resolution (default: the model's, 224)")
+    p.add_argument("--image-size", help="input resolution (default: the model's, 224)")
     p.add_argument("--output", metavar="DIR", help="output folder (default runs/{task}/{method}/seed{seed})")
-    p.add_argument("--epochs", type=int, help="training epochs (default 100)")
-    p.add_argument("--batch-size", type=int, help="batch size per process and step (default 64); with N processes a step sees N x this")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--epochs", help="training epochs (default 100)")
+    p.add_argument("--batch-size", help="batch size per process and step (default 64); with N processes a step sees N x this")
+    p.add_argument("--lr", help="peak learning rate (default 1e-3)")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16, or fp16 (CUDA, with a GradScaler)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--eval-every", type=int, metavar="N", help="also evaluate every N epochs (default: at the end only)")
+    p.add_argument("--seed", help="random seed (default 0)")
+    p.add_argument("--eval-every", metavar="N", help="also evaluate every N epochs (default: at the end only)")
     p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint.pt")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key (repeatable); values are YAML, numbers in any spelling: "
+                        "--set optim.lr=3e-3 --set optim.epochs=1e2 --set data.mean=[0.5,0.5,0.5]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 

@@ -72,6 +72,16 @@ def test_every_float_spelling_in_a_config_file(tmp_path, key, text, expected):
     assert value == pytest.approx(expected) and type(value) is type(expected)
 
 
+def test_numeric_flags_take_the_same_spellings():
+    args = build_parser().parse_args(["train", "--lr", "3e-3", "--epochs", "1e2", "--rank", "8.0", "--batch-size", "1_024",
+                                      "--seed", "2", "--eval-every", "1e1", "--image-size", "2.24e2"])
+    cfg = load_config(None, _train_overrides(args))
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.adapter.rank, cfg.optim.batch_size) == (0.003, 100, 8, 1024)
+    assert (cfg.seed, cfg.eval_every, cfg.data.image_size) == (2, 10, 224)
+    with pytest.raises(ConfigError, match=r"'optim.epochs': '1.5'; expected an integer \(1.5 is not a whole number\)"):
+        load_config(None, _train_overrides(build_parser().parse_args(["train", "--epochs", "1.5"])))
+
+
 def test_numbers_in_lists_mappings_and_python_overrides(tmp_path):
     cfg = _file(tmp_path, "data:\n  mean: [1e-1, .2, 3e-1]\nmodel:\n  kwargs: {drop_path_rate: 1e-1}\n")
     assert cfg.data.mean == pytest.approx([0.1, 0.2, 0.3])
