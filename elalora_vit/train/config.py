@@ -412,8 +412,9 @@ def describe_type(hint: Any, key: str | None = None) -> str:
     if typing.get_origin(hint) is dict:
         if args[1] is Any:
             return "a mapping of names to values, e.g. {img_size: 32}"
-        inner = typing.get_args(args[1])
-        return f"a mapping of names to lists of strings, e.g. {{qkv: [q, k, v]}}" if inner == (str,) else f"a mapping of names to {args[1]}"
+        if typing.get_args(args[1]) == (str,):
+            return "a mapping of names to lists of strings, e.g. {qkv: [q, k, v]}"
+        return f"a mapping of names to {args[1]}"
     return repr(hint)
 
 
