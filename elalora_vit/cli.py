@@ -28,6 +28,9 @@ EXAMPLES = """examples:
 
 # ----------------------------------------------------------------------------- train
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags and --set give.  Numeric flags stay text here: the config
+    converts them as it converts --set values (any float() spelling, ``--epochs 1e2``)
+    and names the key when one does not fit."""
     from .train.config import parse_override
 
     flags = {
@@ -91,36 +94,39 @@ def _add_train(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="YAML config (see configs/default.yaml for every key)")
-    p.add_argument("--task", help="VTAB-1k task, e.g. cifar (alias cifar100), dtd, kitti; 'elalora-vit list-tasks'")
+    p.add_argument("--task", help="VTAB-1k task, e.g. cifar (alias cifar100: outputs use the name cifar), dtd, kitti; "
+                                  "'elalora-vit list-tasks'")
     p.add_argument("--method", choices=METHODS, help="elalora (default), lora, adalora, full, linear")
     rank_doc, rank_default = field_docs(AdapterConfig)["rank"], AdapterConfig().rank
-    p.add_argument("--rank", type=int, help=f"adapter rank r per adapter: {rank_doc}; default {rank_default}")
+    p.add_argument("--rank", help=f"adapter rank r per adapter: {rank_doc}; default {rank_default}")
     p.add_argument("--model", help=f"timm model name (default {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", metavar="PATH", help="local backbone weights (.npz, .safetensors, .pth) for offline machines")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (tests and demos only)")
     p.add_argument("--data-source", choices=SOURCES, help="where images come from (default folder)")
     p.add_argument("--data-dir", metavar="DIR", help="root of the VTAB-1k folder layout (default data/vtab-1k)")
     p.add_argument("--tfds-dir", metavar="DIR", help="tensorflow-datasets data_dir for --data-source tfds")
-    p.add_argument("--image-size", type=int, help="input resolution (default: the model's, 224)")
+    p.add_argument("--image-size", help="input resolution (default: the model's, 224)")
     p.add_argument("--output", metavar="DIR", help="output folder (default runs/{task}/{method}/seed{seed})")
-    p.add_argument("--epochs", type=int, help="training epochs (default 100)")
-    p.add_argument("--batch-size", type=int, help="batch size per process and step (default 64); with N processes a step sees N x this")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--epochs", help="training epochs (default 100)")
+    p.add_argument("--batch-size", help="batch size per process and step (default 64); with N processes a step sees N x this")
+    p.add_argument("--lr", help="peak learning rate (default 1e-3)")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16, or fp16 (CUDA, with a GradScaler)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--eval-every", type=int, metavar="N", help="also evaluate every N epochs (default: at the end only)")
+    p.add_argument("--seed", help="random seed (default 0)")
+    p.add_argument("--eval-every", metavar="N", help="also evaluate every N epochs (default: at the end only)")
     p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint.pt")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key (repeatable); values are YAML, numbers in any spelling: "
+                        "--set optim.lr=3e-3 --set optim.epochs=1e2 --set data.mean=[0.5,0.5,0.5]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
 
 # ----------------------------------------------------------------------------- data
 def _prepare_vtab(args: argparse.Namespace) -> int:
-    from .data import prepare_vtab
+    from .data import parse_task_list, prepare_vtab
 
     folders = prepare_vtab(
-        args.tasks,
+        parse_task_list(args.tasks),
         args.data_dir,
         args.tfds_dir,
         download=args.download,
@@ -144,7 +150,9 @@ def _add_prepare(sub) -> None:
             "diabetic_retinopathy)."
         ),
     )
-    p.add_argument("--tasks", default="all", help="task names, groups (natural, specialized, structured) or 'all', comma-separated")
+    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
+                   help="task names or aliases, groups (natural, specialized, structured) or 'all' (default), "
+                        "separated by spaces or commas")
     p.add_argument("--data-dir", default="data/vtab-1k", help="where to write the folders (default data/vtab-1k)")
     p.add_argument("--tfds-dir", help="tensorflow-datasets data_dir holding the prepared builders")
     p.add_argument("--download", action="store_true", help="download and prepare missing TFDS data (needs TensorFlow)")
@@ -192,6 +200,7 @@ SWEEP_EXAMPLES = """examples:
 
 
 def _vtab_sweep(args: argparse.Namespace) -> int:
+    from .data.tasks import parse_task_list
     from .sweep import plan_sweep, run_sweep
     from .sweep.plan import DEFAULT_PRESETS, describe_plan
     from .sweep.runner import is_main_process
@@ -201,10 +210,11 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
+    tasks = parse_task_list(args.tasks)
     plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets)
-    runs = plan_sweep(args.tasks, args.methods, args.seeds, shard=args.shard, **plan)
+    runs = plan_sweep(tasks, args.methods, args.seeds, shard=args.shard, **plan)
     if args.dry_run:
-        total = len(plan_sweep(args.tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
+        total = len(plan_sweep(tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
         print(describe_plan(runs, total, args.shard))
         return 0
     summary = run_sweep(runs, report_dir=None if args.no_report else args.output)
@@ -239,7 +249,8 @@ def _add_sweep(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
-                   help="task names or aliases, groups (natural, specialized, structured) or 'all' (default)")
+                   help="task names or aliases, groups (natural, specialized, structured) or 'all' (default), "
+                        "separated by spaces or commas")
     p.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD",
                    help="elalora, lora, adalora, full, linear, or 'all' (default)")
     p.add_argument("--seeds", nargs="+", default=["0"], metavar="SEED", help="random seeds (default 0)")

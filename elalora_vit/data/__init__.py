@@ -28,6 +28,7 @@ from elalora_vit.data.tasks import (
     VTabTask,
     check_split,
     get_task,
+    parse_task_list,
     selected_tasks,
     task_names,
 )
@@ -37,7 +38,7 @@ __all__ = [
     "DIGITS_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "SOURCES", "SPLITS", "TASKS",
     "ArraySource", "DataError", "DigitsTask", "LazyDataset", "MissingDataError", "Preprocess",
     "TaskData", "TensorCacheDataset", "UnknownSplitError", "UnknownTaskError", "VTabTask",
-    "get_task", "load_task_data", "prepare_vtab", "resolve_task", "selected_tasks", "task_names",
+    "get_task", "load_task_data", "parse_task_list", "prepare_vtab", "resolve_task", "selected_tasks", "task_names",
     "write_digits_folder",
 ]
 

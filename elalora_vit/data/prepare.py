@@ -30,8 +30,8 @@ def prepare_vtab(
     """Writes VTAB-1k tasks in the folder layout under `data_dir`; returns their folders.
 
     `tasks` is a task name, a group name ("natural", "specialized",
-    "structured"), "all", a comma-separated string of those, or a list of them
-    (see `tasks.selected_tasks`).
+    "structured"), "all", a string of those separated by spaces or commas, or a
+    list of them (see `parse_task_list`).
     The TFDS data must already be prepared in `tfds_dir` as array_record files,
     unless `download=True` (which needs TensorFlow and internet access). Images
     are saved as JPEG under `<task>/images/<split>/`. A task whose folder already

@@ -158,21 +158,31 @@ def get_task(name: str) -> VTabTask:
         ) from None
 
 
-def selected_tasks(tasks: str | Iterable[str]) -> list[VTabTask]:
-    """The tasks named by `tasks`, in table order, without repeats.
+def parse_task_list(tasks: str | Iterable[str]) -> list[str]:
+    """Canonical task names, in table order and without repeats, from a task list as
+    users type it: task names, aliases (any case), groups ("natural", "specialized",
+    "structured") or "all", separated by spaces, commas or both, in one string or a
+    list of strings (``--tasks natural kitti`` and ``--tasks natural,kitti`` alike).
 
-    `tasks` is a task name or alias, a group name ("natural", "specialized",
-    "structured"), "all", a comma-separated string of those, or a list of them.
+    The one parser of task lists: every command that takes ``--tasks`` calls it.
+    Raises `UnknownTaskError` for an unknown name, `DataError` for an empty list.
     """
-    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    selected: list[str] = []
-    for name in (name.strip() for name in names if name.strip()):
-        if name.lower() == "all":
-            selected += task_names()
-        elif name.lower() in GROUPS:
-            selected += GROUPS[name.lower()]
+    items = [tasks] if isinstance(tasks, str) else list(tasks)
+    words = [word for item in items for word in str(item).replace(",", " ").split()]
+    chosen: set[str] = set()
+    for word in words:
+        if word.lower() == "all":
+            chosen.update(task_names())
+        elif word.lower() in GROUPS:
+            chosen.update(GROUPS[word.lower()])
         else:
-            selected.append(get_task(name).name)
-    if not selected:
-        raise DataError(f"no tasks selected from {tasks!r}; name tasks, groups or 'all'.")
-    return [task for task in map(get_task, task_names()) if task.name in selected]
+            chosen.add(get_task(word).name)
+    if not chosen:
+        raise DataError(f"no tasks selected from {tasks!r}; name tasks, groups (natural, specialized, "
+                        "structured) or 'all', separated by spaces or commas.")
+    return [name for name in task_names() if name in chosen]
+
+
+def selected_tasks(tasks: str | Iterable[str]) -> list[VTabTask]:
+    """The tasks named by `tasks` (see `parse_task_list`), in table order, without repeats."""
+    return [get_task(name) for name in parse_task_list(tasks)]

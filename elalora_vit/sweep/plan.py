@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..core.config import ConfigError
-from ..data.tasks import selected_tasks
+from ..data.tasks import parse_task_list
 from ..train.config import METHODS, TrainConfig, load_config, read_yaml
 from ..train.run_files import RunFiles
 
@@ -109,7 +109,7 @@ def plan_sweep(
     for key, option in SWEEP_KEYS.items():
         if key in overrides:
             raise ConfigError(f"the sweep sets {key!r} for each run; choose it with {option}, not --set")
-    task_list = [task.name for task in selected_tasks(_words(tasks))]
+    task_list = parse_task_list(tasks)
     method_list = select_methods(methods)
     seed_list = select_seeds(seeds)
     preset_dir = _preset_dir(presets)

@@ -60,19 +60,67 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+# Why a setting cannot change on resume, by the most specific key prefix that applies.
+_STEPS_REASON = (
+    "the learning-rate schedule and the rank allocator's schedule (warm-up, rounds, final "
+    "budget) are laid out over the run's total steps, so a resumed run cannot change its length"
+)
+WHY_FIXED = {
+    "optim.epochs": _STEPS_REASON,
+    "optim.batch_size": _STEPS_REASON,
+    "data.train_split": _STEPS_REASON + " or its training images",
+    "optim": "the optimizer state and learning-rate schedule in the checkpoint were built with it",
+    "adapter": "the adapters and the rank allocator's state in the checkpoint were built with it",
+    "method": "the checkpoint holds the weights and optimizer state of that method",
+    "model": "the checkpoint holds the weights of that model",
+    "seed": "the data order and the random directions of re-grown ranks follow from it",
+    "data.task": "the checkpoint's classifier head was trained for that task",
+    "data.image_size": "the model was built and trained for that input size",
+    "precision": "the optimizer and gradient-scaler state were saved under it",
+}
+
+
 def check_same_run(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint written with different settings."""
-    differences = []
-    for key in RESUME_KEYS:
-        theirs, mine = _get(saved_config, key), _get(config, key)
-        if theirs != mine:
-            differences.append(f"{key}: {theirs!r} in the checkpoint, {mine!r} now")
+    """Refuse to resume a checkpoint written with different settings; the error lists
+    only the keys that differ (old -> new) and why each one cannot change."""
+    differences = [
+        (key, theirs, mine)
+        for section in RESUME_KEYS
+        for key, theirs, mine in _differences(section, _get(saved_config, section), _get(config, section))
+    ]
     if differences:
+        lines = [f"  {key}: {_show(theirs)} -> {_show(mine)} ({_why_fixed(key)})" for key, theirs, mine in differences]
         raise CheckpointError(
-            f"checkpoint {path} belongs to a run with other settings ("
-            + "; ".join(differences[:4])
-            + "); use another output folder or the original settings"
+            f"checkpoint {path} was written with other settings ({', '.join(d[0] for d in differences)}); "
+            "resume with the checkpoint's settings, or start a new run in another folder (--output DIR):\n"
+            + "\n".join(lines)
         )
+
+
+def _differences(key: str, theirs: Any, mine: Any) -> list[tuple[str, Any, Any]]:
+    """The leaf keys under ``key`` whose values differ, with both values (`_UNSET`: absent)."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        return [
+            diff
+            for name in sorted(set(theirs) | set(mine), key=str)
+            for diff in _differences(f"{key}.{name}", theirs.get(name, _UNSET), mine.get(name, _UNSET))
+        ]
+    return [] if theirs == mine else [(key, theirs, mine)]
+
+
+_UNSET = object()
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is _UNSET else repr(value)
+
+
+def _why_fixed(key: str) -> str:
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in WHY_FIXED:
+            return WHY_FIXED[".".join(parts[:n])]
+    return "the checkpoint was written with it"
 
 
 def _get(config: dict[str, Any], dotted: str) -> Any:

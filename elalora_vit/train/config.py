@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -138,6 +140,7 @@ class TrainConfig:
 
     # ---------------------------------------------------------- validation
     def validate(self) -> "TrainConfig":
+        _normalise(self)
         _allowed("method", self.method, METHODS)
         _allowed("precision", self.precision, PRECISIONS)
         _allowed("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
@@ -157,9 +160,7 @@ class TrainConfig:
         for name, value in schedule.items():
             check_value(value >= 0, f"adapter.{name}", value, "steps (>= 1) or a fraction of the run (< 1)")
         if self.method in ADAPTER_METHODS:
-            for value in schedule.values():
-                _check_whole_steps(value)
-            check_adapter_values(self.adapter)
+            _check_adapter(self)
         return self
 
     def core_config(self, total_steps: int, rank: int | None = None, max_rank: int | None = None) -> ElaLoRAConfig:
@@ -202,31 +203,78 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return TrainConfig.from_dict(values).validate()
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as PyYAML's safe loader reads it, except that numbers in exponent form
+    without a dot (``3e-3``, ``1e2``, ``1e-6``) are numbers: YAML 1.1 reads them as
+    strings, which surprised everyone who typed ``lr: 3e-3``."""
+
+
+_FLOAT = "tag:yaml.org,2002:float"
+_FLOAT_PATTERN = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+# A copy of the safe loader's resolvers (not shared with it), float pattern replaced in place:
+# the float resolver is tried before the int one, as in PyYAML.
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, _FLOAT_PATTERN if tag == _FLOAT else regexp) for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed as YAML, numbers spelled as Python spells them (``3e-3``) included."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in the YAML file ``path``, merged over its ``base:`` file (if any,
+    relative to ``path``, recursively)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}{_included_by(_chain)}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, not {type(values).__name__}")
     base = values.pop("base", None)
     if base is not None:  # presets build on another file, relative to this one
-        merged = read_yaml((path.parent / base).resolve())
+        merged = read_yaml(_base_path(path, base, _chain), (*_chain, path))
         _deep_update(merged, values)
         values = merged
     return values
 
 
+def _base_path(path: Path, base: Any, chain: tuple[Path, ...]) -> Path:
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config file {path}: 'base' must name a YAML file (relative to {path.parent}), not {base!r}")
+    resolved = (path.parent / base).resolve()
+    if resolved in {p.resolve() for p in (*chain, path)}:
+        raise ConfigError(f"config file {path}: 'base: {base}' includes itself (through {' -> '.join(map(str, chain))})")
+    return resolved
+
+
+def _included_by(chain: tuple[Path, ...]) -> str:
+    if not chain:
+        return ""
+    return f" (the 'base:' of {chain[-1]}; 'base:' paths are relative to the file that names them)"
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=3e-3"`` -> ``("optim.lr", 0.003)``; values are parsed as YAML."""
+    """``"optim.lr=3e-3"`` -> ``("optim.lr", 0.003)``; values are parsed as YAML
+    (``[0.5, 0.5, 0.5]``, ``{img_size: 32}``, ``null``), numbers in any spelling
+    Python's ``float()`` takes."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=3e-3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
     return key.strip(), value
@@ -235,10 +283,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     node = values
-    for part in parents:
-        node = node.setdefault(part, {})
+    for i, part in enumerate(parents):
+        if node.get(part) is None:  # absent, or left empty in a file (`data:`)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section")
+            section = ".".join(parents[: i + 1])
+            raise ConfigError(f"cannot set {dotted!r}: {section!r} holds {node!r}, not a section of keys")
     node[last] = value
 
 
@@ -252,39 +303,194 @@ def _deep_update(base: dict, update: Mapping) -> None:
 
 def _build(cls, values: Mapping[str, Any], prefix: str):
     if not isinstance(values, Mapping):
-        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+        raise ConfigError(f"invalid value for '{prefix.rstrip('.') or 'config'}': {values!r}; expected a section (a mapping of keys to values)")
+    hints = field_types(cls)
+    unknown = sorted(set(values) - set(hints), key=str)
     if unknown:
         where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
-        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]} in {where}; allowed: {sorted(fields)}")
+        raise ConfigError(f"unknown config key(s) {[prefix + str(k) for k in unknown]} in {where}; allowed: {sorted(hints)}")
     kwargs = {}
     for name, value in values.items():
-        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value or {}, f"{prefix}{name}.")
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], {} if value is None else value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _typed(prefix + name, value, fields[name].default)
+            kwargs[name] = _typed(prefix + name, value, hints[name])
     return cls(**kwargs)
 
 
-def _typed(key: str, value: Any, default: Any) -> Any:
-    """Coerce YAML scalars to the default's type (int <-> float), and refuse clear mismatches."""
-    if default is dataclasses.MISSING or default is None or value is None:
+# ----------------------------------------------------------------------------- types
+LIST_LENGTHS = {"data.mean": 3, "data.std": 3}
+"""List keys of a fixed length (one value per RGB channel)."""
+
+
+def field_types(cls) -> dict[str, Any]:
+    """The resolved type annotations of a config dataclass's fields, by field name:
+    the one source of what each key accepts."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+class _Mismatch(Exception):
+    """A value that does not fit a type; the message, if any, says more than the type."""
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to the annotated type ``hint`` of the config key ``key`` (its
+    full dotted name), or a ``ConfigError`` naming the key, the value and what is allowed.
+    Numbers may be spelled any way ``float()`` takes (``3e-3``, ``1e2``, ``.5``, ``1_000``);
+    an integer key takes a whole float (``1e2`` -> 100); one string is a one-element list."""
+    try:
+        return _convert(value, hint, LIST_LENGTHS.get(key))
+    except _Mismatch as why:
+        reason = f" ({why})" if str(why) else ""
+        raise ConfigError(f"invalid value for '{key}': {value!r}; expected {describe_type(hint, key)}{reason}") from None
+
+
+def _convert(value: Any, hint: Any, length: int | None = None) -> Any:
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional[X]
+        return None if value is None else _convert(value, _without_none(hint), length)
+    if value is None:
+        raise _Mismatch("null is not allowed here")
+    origin = typing.get_origin(hint)
+    if hint is Any:
         return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"invalid value for '{key}': {value!r}; expected true or false")
-        return value
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"invalid value for '{key}': {value!r}; expected a number")
-        if isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
-            raise ConfigError(f"invalid value for '{key}': {value!r}; expected an integer")
-        return type(default)(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"invalid value for '{key}': {value!r}; expected a string")
+    if hint in _SCALARS:
+        return _SCALARS[hint](value)
+    if origin is list:
+        if isinstance(value, str) and args[0] is str:
+            value = [value]  # a single target name is a list of one
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch()
+        if length is not None and len(value) != length:
+            raise _Mismatch(f"{len(value)} value(s) given")
+        return [_convert(item, args[0]) for item in value]
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise _Mismatch()
+        return {k: _convert(v, args[1]) for k, v in value.items()}
+    raise TypeError(f"config type {hint!r} has no converter; add one to _convert")
+
+
+def _to_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Mismatch()
     return value
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Mismatch()
+    try:
+        number = float(value)
+    except ValueError:
+        raise _Mismatch() from None
+    if not math.isfinite(number):
+        raise _Mismatch("it is not finite")
+    return number
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    number = _to_float(value)
+    if number != int(number):
+        raise _Mismatch(f"{number:g} is not a whole number")
+    return int(number)
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Mismatch("quote it to pass it as text" if isinstance(value, (bool, int, float)) else "")
+    return value
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _without_none(hint: Any) -> Any:
+    rest = tuple(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return rest[0] if len(rest) == 1 else typing.Union[rest]
+
+
+def describe_type(hint: Any, key: str | None = None) -> str:
+    """What a key of type ``hint`` accepts, in words (``"a list of 3 numbers, or null"``)."""
+    if type(None) in typing.get_args(hint):
+        return f"{describe_type(_without_none(hint), key)}, or null"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Any: "any value"}
+    if hint in words:
+        return words[hint]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        count = LIST_LENGTHS.get(key or "")
+        items = {float: "numbers", int: "integers", str: "strings"}.get(args[0], describe_type(args[0]))
+        if count:
+            return f"a list of {count} {items}, e.g. [{', '.join(['0.5'] * count)}]"
+        return f"a string or a list of {items}" if args[0] is str else f"a list of {items}"
+    if typing.get_origin(hint) is dict:
+        if args[1] is Any:
+            return "a mapping of names to values, e.g. {img_size: 32}"
+        if typing.get_args(args[1]) == (str,):
+            return "a mapping of names to lists of strings, e.g. {qkv: [q, k, v]}"
+        return f"a mapping of names to {args[1]}"
+    return repr(hint)
+
+
+_CORE_KEYS = {"warmup_steps": "adapter.warmup", "stabilize_steps": "adapter.stabilize", "seed": "seed"}
+"""Core field -> config key, where the name differs from ``adapter.<field>``."""
+
+
+def _check_adapter(cfg: TrainConfig) -> None:
+    """The core's checks of the adapter values, its errors naming the config keys
+    (``adapter.rank``, not the core's ``rank``)."""
+    for name in ("warmup", "adjust_interval", "stabilize"):
+        value = getattr(cfg.adapter, name)
+        if value >= 1 and value != int(value):  # a length >= 1 counts steps: no fraction of one
+            raise ConfigError(f"invalid value for 'adapter.{name}': {value!r}; expected a whole number of steps (>= 1) "
+                              "or a fraction of the run (< 1)")
+    try:
+        check_adapter_values(cfg.adapter)
+    except ConfigError as err:
+        match = re.match(r"invalid value for '(\w+)'", str(err))
+        if match is None:
+            raise
+        key = _CORE_KEYS.get(match[1], f"adapter.{match[1]}")
+        raise ConfigError(str(err).replace(f"'{match[1]}'", f"'{key}'", 1)) from None
+
+
+def _normalise(cfg: TrainConfig) -> None:
+    """Type-check and convert every key of ``cfg`` in place (a config built in Python,
+    not through ``from_dict``, gets the same checks), and name the task canonically."""
+    _convert_fields(cfg, "")
+    if cfg.data.source in ("folder", "tfds", "digits"):  # a bad source is reported by validate()
+        cfg.data.task = canonical_task(cfg.data.task, cfg.data.source)
+
+
+def _convert_fields(section: Any, prefix: str) -> None:
+    for name, hint in field_types(type(section)).items():
+        value = getattr(section, name)
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise ConfigError(f"invalid value for '{prefix}{name}': {value!r}; expected a {hint.__name__}")
+            _convert_fields(value, f"{prefix}{name}.")
+        else:
+            setattr(section, name, _typed(prefix + name, value, hint))
+
+
+def canonical_task(name: str, source: str = "folder") -> str:
+    """The folder name of the task ``name`` (an alias such as ``cifar100`` -> ``cifar``), so
+    output folders and results use one name per task whatever the user typed."""
+    from ..data import UnknownTaskError, resolve_task  # the data layer (torch, PIL) only when needed
+
+    try:
+        return resolve_task(name, source).name
+    except UnknownTaskError as err:
+        raise UnknownTaskError(f"invalid value for 'data.task': {err}") from None
 
 
 def _allowed(key: str, value: Any, allowed: tuple) -> None:
