@@ -5,7 +5,10 @@ active ranks (``<name>.lora_A`` (r, d_in), ``<name>.lora_E`` (r,),
 ``<name>.lora_B`` (d_part, r)), the full parameters of any extra modules that
 were trained (``modules_to_save.<module>.<param>``, e.g. a classifier head), and
 JSON metadata: the adapter config, the adapted layers and their parts, and the
-rank pattern.  Loading never executes code.
+rank pattern, the method that trained them, and a fingerprint of the frozen
+backbone they were trained on (:func:`backbone_fingerprint`); callers add what
+rebuilds the model (e.g. the timm name).  Loading never executes code, and
+refuses a backbone whose fingerprint differs from the recorded one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import ElaLoRAConfig
+from .fingerprint import backbone_fingerprint
 from .layer import AdaptedLinear, LoRALinear, SVDLinear
 from .targets import adapted_layers, patch_model, unwrap_model
 
@@ -31,14 +35,33 @@ class AdapterFileError(ValueError):
     """An adapter file that is unreadable or does not fit the model."""
 
 
+class BackboneMismatchError(AdapterFileError):
+    """The model's frozen weights are not the ones the adapters were trained on."""
+
+
+# How the adapters are stored, per layer class: "svd" (P, lambda, Q) or "lora" (B, A).
+# ``patch_model`` calls the two forms "elalora" and "lora".
+_FORM_OF_LAYER = {SVDLinear: "svd", LoRALinear: "lora"}
+_PATCH_METHOD_OF_FORM = {"svd": "elalora", "lora": "lora"}
+
+
 def save_adapters(
     model: nn.Module,
     path: str | os.PathLike,
     config: ElaLoRAConfig,
     modules_to_save: Sequence[str] = (),
     metadata: dict[str, str] | None = None,
+    *,
+    method: str | None = None,
 ) -> Path:
-    """Write the adapters of ``model`` (active ranks only) to ``path``, atomically."""
+    """Write the adapters of ``model`` (active ranks only) to ``path``, atomically.
+
+    Args:
+        modules_to_save: modules stored in full (e.g. the classifier head).
+        metadata: extra string entries for the header (e.g. how to rebuild the backbone).
+        method: the training method to record (``"adalora"`` trains SVD adapters too);
+            default: the adapters' form, ``"elalora"`` or ``"lora"``.
+    """
     model = unwrap_model(model)
     layers = adapted_layers(model)
     if not layers:
@@ -46,7 +69,7 @@ def save_adapters(
     tensors: dict[str, torch.Tensor] = {}
     layer_info: dict[str, dict] = {}
     rank_pattern: dict[str, int] = {}
-    method = "elalora" if isinstance(layers[0][1], SVDLinear) else "lora"
+    form = _FORM_OF_LAYER[type(layers[0][1])]
     for name, layer in layers:
         layer_info[name] = {
             "parts": [p for p in layer.part_names] if layer.n_parts > 1 else None,
@@ -68,7 +91,9 @@ def save_adapters(
             tensors[f"modules_to_save.{module_name}.{param_name}"] = value
     header = {
         "format": FORMAT,
-        "method": method,
+        "method": method or _PATCH_METHOD_OF_FORM[form],
+        "layer_form": form,
+        "backbone_fingerprint": backbone_fingerprint(model, exclude=modules_to_save),
         "config": json.dumps(config.to_dict()),
         "layers": json.dumps(layer_info),
         "rank_pattern": json.dumps(rank_pattern),
@@ -100,17 +125,22 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
     decoded = dict(meta)
     for key in ("config", "layers", "rank_pattern", "modules_to_save"):
         decoded[key] = json.loads(meta[key])
+    # Files written before "layer_form" existed named the form in "method".
+    decoded.setdefault("layer_form", "svd" if meta.get("method") == "elalora" else "lora")
     return decoded
 
 
 @torch.no_grad()
-def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: bool = True) -> nn.Module:
     """Load an adapter file into ``model``.
 
     An unpatched model is patched first, with the layers, parts and config the
     file records.  A patched model must have exactly the file's adapter layers.
-    Every shape is checked before anything is written, so a file made for
-    another model raises :class:`AdapterFileError` and leaves ``model`` as it was.
+    Every shape, and the backbone fingerprint the file records (unless
+    ``check_backbone=False``), is checked before anything is written, so a file
+    made for another model raises :class:`AdapterFileError` (a
+    :class:`BackboneMismatchError` for other frozen weights of the same shapes)
+    and leaves ``model`` as it was.
     """
     meta = read_adapter_metadata(path)
     model = unwrap_model(model)
@@ -118,9 +148,11 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     layer_info: dict[str, dict] = meta["layers"]
     tensors = _read_tensors(path)
     _check_fits(model, path, layer_info, meta, tensors, config)
+    if check_backbone:
+        check_backbone_fingerprint(model, meta.get("backbone_fingerprint"), path, meta["modules_to_save"])
     if not adapted_layers(model):
         split = {name: info["parts"] for name, info in layer_info.items() if info["parts"]}
-        patch_model(model, list(layer_info), config, split=split, method=meta["method"])
+        patch_model(model, list(layer_info), config, split=split, method=_PATCH_METHOD_OF_FORM[meta["layer_form"]])
     for name, layer in adapted_layers(model):
         for part, part_name in enumerate(layer.part_names):
             key = name if part_name is None else f"{name}.{part_name}"
@@ -138,6 +170,23 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         model.get_submodule(module_name).load_state_dict(state)
     return model
+
+
+def check_backbone_fingerprint(
+    model: nn.Module, expected: str | None, path: str | os.PathLike, exclude: Sequence[str] = ()
+) -> None:
+    """Raise :class:`BackboneMismatchError` if ``model``'s frozen weights are not those
+    ``path`` was made on (``expected``: its recorded fingerprint; ``None`` skips the check)."""
+    if not expected:
+        return
+    found = backbone_fingerprint(model, exclude=exclude)
+    if found != expected:
+        raise BackboneMismatchError(
+            f"{path} was trained on a backbone with fingerprint {expected}, but this model's frozen weights "
+            f"have fingerprint {found}: the adapters would not reproduce the trained model. Build the backbone "
+            "the run used (same weights, checkpoint, or seed for a random --no-pretrained backbone), "
+            "or pass check_backbone=False to load anyway"
+        )
 
 
 def _read_tensors(path) -> dict[str, torch.Tensor]:
@@ -173,11 +222,11 @@ def _check_fits(model, path, layer_info, meta, tensors, config) -> None:
             parts = [p for p in module.part_names] if module.n_parts > 1 else None
             if parts != info["parts"]:
                 fail(f"layer '{name}' is split as {parts} here but {info['parts']} in the file")
-            if meta["method"] == "elalora" and not isinstance(module, SVDLinear):
-                fail(f"layer '{name}' holds LoRA adapters but the file holds ElaLoRA adapters")
-            if meta["method"] == "lora" and not isinstance(module, LoRALinear):
-                fail(f"layer '{name}' holds ElaLoRA adapters but the file holds LoRA adapters")
-    capacity = config.max_rank if meta["method"] == "elalora" else config.rank
+            if meta["layer_form"] == "svd" and not isinstance(module, SVDLinear):
+                fail(f"layer '{name}' holds LoRA adapters but the file holds SVD (ElaLoRA/AdaLoRA) adapters")
+            if meta["layer_form"] == "lora" and not isinstance(module, LoRALinear):
+                fail(f"layer '{name}' holds SVD (ElaLoRA/AdaLoRA) adapters but the file holds LoRA adapters")
+    capacity = config.max_rank if meta["layer_form"] == "svd" else config.rank
     for key, r in meta["rank_pattern"].items():
         if f"{key}.lora_A" not in tensors or r > capacity:
             fail(f"adapter '{key}' is missing or its rank {r} exceeds capacity {capacity}")

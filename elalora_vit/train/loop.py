@@ -38,6 +38,7 @@ from .methods import (
     trainable_parameter_count,
     trainable_state_names,
 )
+from .provenance import model_record, save_trained_weights
 from .report import append_jsonl, plot_rank_heatmap, write_json
 
 log = logging.getLogger(__name__)
@@ -379,13 +380,12 @@ def _result(cfg, run, model, method, allocator, health, accuracy, steps, wall) -
 
 
 def _write_outputs(run, cfg, model, method, allocator, result) -> None:
+    record = model_record(cfg, model.num_classes)
     if cfg.method in ADAPTER_METHODS:
-        save_adapters(model, run.adapter, method.adapter_config, modules_to_save=method.head_names)
+        save_adapters(model, run.adapter, method.adapter_config, modules_to_save=method.head_names,
+                      metadata=record, method=cfg.method)
     else:
-        from safetensors.torch import save_file
-
-        trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(trainable, str(run.weights))
+        save_trained_weights(model, run.weights, cfg.method, method.head_names, record)
     if result["rank_pattern"]:  # the adapter methods
         write_json(run.history, [r.to_dict() for r in allocator.history] if allocator is not None else [])
         plot_rank_heatmap(
