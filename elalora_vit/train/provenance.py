@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..core import backbone_fingerprint
+from ..core.files import atomic_write
 from .config import TrainConfig
 
 TRAINED_FORMAT = "elalora-vit/trained/1"
@@ -55,8 +56,4 @@ def save_trained_weights(
     }
     if method != "full":
         header["backbone_fingerprint"] = backbone_fingerprint(model, exclude=head_names)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(trainable, str(tmp), metadata=header)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(trainable, str(tmp), metadata=header))
