@@ -93,11 +93,14 @@ def export_peft(
     )
     base = unpatch_model(copy.deepcopy(model))  # the trained modules_to_save come along
     peft_model = get_peft_model(base, config)
-    if base_model_name_or_path:  # get_peft_model sets it from the model, which a timm model lacks
-        peft_model.peft_config["default"].base_model_name_or_path = base_model_name_or_path
     _fill(peft_model, weights)
     with staged_folder(out, overwrite) as folder:
         peft_model.save_pretrained(str(folder))
+        if base_model_name_or_path:
+            # Recorded after saving: given before, save_pretrained looks the name up on the hub.
+            saved = LoraConfig.from_pretrained(str(folder))
+            saved.base_model_name_or_path = base_model_name_or_path
+            saved.save_pretrained(str(folder))
     return Path(out)
 
 
