@@ -196,7 +196,12 @@ def data_config(model: nn.Module, cfg: TrainConfig) -> tuple[int, tuple, tuple, 
 
 
 def task_class_names(cfg: TrainConfig, task) -> list[str] | None:
-    """Class names: ``classes.txt`` beside the task's folder data (one name per line), if any."""
+    """Class names: ``classes.txt`` beside the task's folder data (one name per line; prepare-vtab
+    writes it), or TFDS's label names for the tfds source; ``None`` if the task has none."""
+    if cfg.data.source == "tfds":
+        from ..data.prepare import tfds_class_names
+
+        return tfds_class_names(task, cfg.data.tfds_dir)
     if cfg.data.source != "folder":
         return None
     path = Path(cfg.data.data_dir) / task.name / "classes.txt"
