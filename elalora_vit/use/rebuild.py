@@ -78,6 +78,9 @@ class RunModel:
 def load_run(run_dir: str | os.PathLike, *, check_backbone: bool = True) -> RunModel:
     """Rebuild the model of the finished run in ``run_dir``, in eval mode, on the CPU.
 
+    Like training, it seeds the global random generators with the run's seed
+    (``accelerate.utils.set_seed``) before building the backbone.
+
     Raises:
         RunError: no such folder, no ``config.yaml``, or no finished model in it.
         BackboneMismatchError: the rebuilt backbone is not the one the run trained
