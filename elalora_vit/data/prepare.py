@@ -7,6 +7,7 @@ only `download=True`, which runs TFDS's `download_and_prepare`, needs TensorFlow
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -97,12 +98,14 @@ CLASS_NAMES_FILE = "classes.txt"
 def write_class_names(task: VTabTask, folder: Path, tfds_dir: str | Path | None) -> Path | None:
     """Writes `<folder>/classes.txt`, one class name per line in label order, when TFDS
     names the task's classes (tasks labelled by TFDS's own "label"); `predict` shows them."""
-    from elalora_vit.core.files import atomic_write_text
-
     names = tfds_class_names(task, tfds_dir)
     if names is None:
         return None
-    return atomic_write_text(folder / CLASS_NAMES_FILE, "\n".join(names) + "\n")
+    # Written whole or not at all (the data package does not use core's writer).
+    path, tmp = folder / CLASS_NAMES_FILE, folder / f".{CLASS_NAMES_FILE}.tmp"
+    tmp.write_text("\n".join(names) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def tfds_class_names(task: VTabTask, tfds_dir: str | Path | None) -> list[str] | None:
