@@ -27,8 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core import adapted_layers, unpatch_model, unwrap_model
-from ..core import AdaptedLinear, AdapterRef
+from ..core import AdaptedLinear, AdapterRef, adapted_layers, unpatch_model, unwrap_model
 from .folders import ExportError, staged_folder
 
 
