@@ -4,6 +4,9 @@
     elalora-vit prepare-vtab --tasks natural --data-dir data/vtab-1k
     elalora-vit list-tasks
     elalora-vit inspect-adapter runs/cifar/elalora/seed0/adapter.safetensors
+    elalora-vit evaluate runs/cifar/elalora/seed0 --split val200
+    elalora-vit predict runs/cifar/elalora/seed0 photo.jpg --top-k 3
+    elalora-vit export runs/cifar/elalora/seed0 --format timm --out exported/cifar-timm
 
 Several GPUs: ``accelerate launch --multi_gpu --num_processes N -m elalora_vit.cli train ...``;
 several CPU processes: ``torchrun --standalone --nproc_per_node N -m elalora_vit.cli train ...``.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from typing import Any, Callable, Sequence
 
@@ -87,8 +91,9 @@ def _add_train(sub) -> None:
             "top-1 accuracy. Settings come from the built-in defaults, then --config, then the flags "
             "below, then --set KEY=VALUE (any config key, e.g. adapter.b=2). Outputs go to "
             "runs/<task>/<method>/seed<seed> unless --output says otherwise: config.yaml, metrics.jsonl, "
-            "result.json, rank_history.json, rank_heatmap.png, adapter.safetensors and checkpoint.pt "
-            "(written every epoch; --resume continues from it)."
+            "result.json and checkpoint.pt (written every epoch; --resume continues from it); elalora, lora and "
+            "adalora also write adapter.safetensors, rank_history.json and rank_heatmap.png; full and linear "
+            "write trained.safetensors. 'elalora-vit evaluate' adds eval-<split>.json."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -173,19 +178,103 @@ def _list_tasks(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- adapters
 def _inspect_adapter(args: argparse.Namespace) -> int:
-    from .core import read_adapter_metadata
+    from .use.rebuild import read_weights_metadata
 
-    meta = read_adapter_metadata(args.path)
-    pattern = meta["rank_pattern"]
-    print(f"method: {meta['method']}  adapters: {len(pattern)}  total rank: {sum(pattern.values())}")
+    meta = read_weights_metadata(args.path)
+    pattern = meta.get("rank_pattern")
+    if pattern is not None:
+        print(f"method: {meta['method']}  adapters: {len(pattern)}  total rank: {sum(pattern.values())}")
+    else:
+        count = sum(math.prod(shape) for shape in meta["tensors"].values())
+        print(f"method: {meta['method']}  trained weights: {len(meta['tensors'])} tensors, {count} parameters")
+    if meta.get("timm_name"):
+        print(f"model: {meta['timm_name']} {meta['model_kwargs']}  classes: {meta['num_classes']}  task: {meta['task']}")
+    if meta.get("backbone_fingerprint"):
+        print(f"backbone fingerprint: {meta['backbone_fingerprint']}")
     if meta["modules_to_save"]:
         print(f"also saved: {', '.join(meta['modules_to_save'])}")
-    width = max(len(n) for n in pattern)
-    for name, rank in pattern.items():
+    width = max((len(n) for n in pattern or ()), default=0)
+    for name, rank in (pattern or {}).items():
         print(f"  {name:<{width}}  {rank:>3}  {'#' * rank}")
     if args.json:
         print(json.dumps(meta, indent=2))
     return 0
+
+
+# ----------------------------------------------------------------------------- using a trained run
+def _evaluate(args: argparse.Namespace) -> int:
+    from .use import evaluate_run
+
+    result = evaluate_run(args.run_dir, split=args.split, source=args.data_source, data_dir=args.data_dir,
+                          tfds_dir=args.tfds_dir, num_workers=args.num_workers)
+    print(json.dumps(result))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .use import predict_images
+
+    predictions = predict_images(args.run_dir, args.images, top_k=args.top_k)
+    for p in predictions:
+        if args.json:
+            print(json.dumps(p.to_dict()))
+        elif p.error:
+            print(f"error: {p.error}", file=sys.stderr)
+        else:
+            best = ", ".join(f"{c['name']} {c['probability']:.3f}" for c in p.top_k)
+            print(f"{p.image}: {best}")
+    return 1 if any(p.error for p in predictions) else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    out = export_run(args.run_dir, args.out, args.format, overwrite=args.overwrite)
+    print(f"wrote {args.format} export to {out}")
+    return 0
+
+
+def _add_use(sub) -> None:
+    from .export import FORMATS
+
+    e = sub.add_parser(
+        "evaluate", help="top-1 of a finished run on a split (writes eval-<split>.json)",
+        description=("Rebuild the run's model from RUN_DIR/config.yaml and its saved weights, evaluate top-1 on "
+                     "the split, print one JSON line and write RUN_DIR/eval-<split>.json (result.json is never "
+                     "touched). Data flags default to the run's own."),
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's output folder")
+    e.add_argument("--split", help="train800, val200, train800val200 or test (default: the run's eval split)")
+    e.add_argument("--data-source", choices=("folder", "tfds", "digits"), help="where images come from")
+    e.add_argument("--data-dir", metavar="DIR", help="root of the VTAB-1k folder layout")
+    e.add_argument("--tfds-dir", metavar="DIR", help="tensorflow-datasets data_dir for --data-source tfds")
+    e.add_argument("--num-workers", type=int, help="data loader workers")
+    e.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "predict", help="top-k classes of a finished run for image files",
+        description=("Top-k classes with probabilities (and class names where the task has them) for each image, "
+                     "preprocessed as the run was trained. An image that cannot be read is reported, naming the "
+                     "file, and the others are still predicted (exit code 1 if any failed)."),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's output folder")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=_predict)
+
+    x = sub.add_parser(
+        "export", help="a finished run as a plain timm model folder or a PEFT LoRA adapter",
+        description=("--format timm: the merged backbone and head in timm's own layout (config.json + "
+                     "model.safetensors), loaded with timm.create_model('local-dir:DIR', pretrained=True). "
+                     "--format peft: adapter_config.json + adapter_model.safetensors, loaded onto the unpatched "
+                     "backbone with peft.PeftModel.from_pretrained(base, DIR) (adapter methods only)."),
+    )
+    x.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's output folder")
+    x.add_argument("--format", required=True, choices=FORMATS, help="timm or peft")
+    x.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty or absent)")
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    x.set_defaults(func=_export)
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -292,14 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_prepare(sub)
     _add_sweep(sub)
+    _add_use(sub)
     tasks = sub.add_parser("list-tasks", help="list the 19 VTAB-1k tasks", description="List the VTAB-1k task registry.")
     tasks.set_defaults(func=_list_tasks)
     inspect = sub.add_parser(
         "inspect-adapter",
-        help="show the rank pattern and metadata of a saved adapter file",
-        description="Print the per-adapter ranks stored in an adapter .safetensors file.",
+        help="show the method, rank pattern and metadata of a run's weight file",
+        description=("Print the method, the model it rebuilds on, the backbone fingerprint and the per-adapter "
+                     "ranks of an adapter .safetensors file, or the tensors of a full/linear run's "
+                     "trained.safetensors."),
     )
-    inspect.add_argument("path", help="adapter file written by training or save_adapters()")
+    inspect.add_argument("path", help="adapter.safetensors or trained.safetensors written by training, or save_adapters()")
     inspect.add_argument("--json", action="store_true", help="also print the full metadata as JSON")
     inspect.set_defaults(func=_inspect_adapter)
     return parser

@@ -6,6 +6,8 @@ Nothing here imports timm, torchvision or the data code.
 
 from .adapter_io import (
     AdapterFileError,
+    BackboneMismatchError,
+    check_backbone_fingerprint,
     load_adapters,
     merge_adapters,
     read_adapter_metadata,
@@ -14,6 +16,7 @@ from .adapter_io import (
 )
 from .allocator import AdaLoRAAllocator, RankAllocator, RoundRecord, plan_round
 from .config import ConfigError, ElaLoRAConfig
+from .fingerprint import backbone_fingerprint
 from .importance import ImportanceTracker
 from .layer import AdaptedLinear, AdapterRef, LoRALinear, SVDLinear
 from .optim_state import reset_optimizer_slot
@@ -30,6 +33,7 @@ __all__ = [
     "AdaptedLinear",
     "AdapterFileError",
     "AdapterRef",
+    "BackboneMismatchError",
     "ConfigError",
     "ElaLoRAConfig",
     "ImportanceTracker",
@@ -42,6 +46,8 @@ __all__ = [
     "adapted_layers",
     "adapter_param_groups",
     "adjustment_steps",
+    "backbone_fingerprint",
+    "check_backbone_fingerprint",
     "check_schedule",
     "find_adapters",
     "get_method",

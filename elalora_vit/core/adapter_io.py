@@ -5,7 +5,10 @@ active ranks (``<name>.lora_A`` (r, d_in), ``<name>.lora_E`` (r,),
 ``<name>.lora_B`` (d_part, r)), the full parameters of any extra modules that
 were trained (``modules_to_save.<module>.<param>``, e.g. a classifier head), and
 JSON metadata: the adapter config, the adapted layers and their parts, and the
-rank pattern.  Loading never executes code.
+rank pattern, the method that trained them, and a fingerprint of the frozen
+backbone they were trained on (:func:`backbone_fingerprint`); callers add what
+rebuilds the model (e.g. the timm name).  Loading never executes code, and
+refuses a backbone whose fingerprint differs from the recorded one.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from torch import nn
 
 from .config import ElaLoRAConfig
 from .files import atomic_write
+from .fingerprint import backbone_fingerprint
 from .inject import patch_model
 from .layer import AdaptedLinear, AdapterRef, SVDLinear, adapted_layers, find_adapters, unwrap_model
-from .registry import adapter_forms, form_of, get_method
+from .registry import adapter_forms, form_of, get_method, method_names
 
 FORMAT = "elalora-vit/adapter/1"
 
@@ -33,14 +37,27 @@ class AdapterFileError(ValueError):
     """An adapter file that is unreadable or does not fit the model."""
 
 
+class BackboneMismatchError(AdapterFileError):
+    """The model's frozen weights are not the ones the adapters were trained on."""
+
+
 def save_adapters(
     model: nn.Module,
     path: str | os.PathLike,
     config: ElaLoRAConfig,
     modules_to_save: Sequence[str] = (),
     metadata: dict[str, str] | None = None,
+    *,
+    method: str | None = None,
 ) -> Path:
-    """Write the adapters of ``model`` (active ranks only) to ``path``, atomically."""
+    """Write the adapters of ``model`` (active ranks only) to ``path``, atomically.
+
+    Args:
+        modules_to_save: modules stored in full (e.g. the classifier head).
+        metadata: extra string entries for the header (e.g. how to rebuild the backbone).
+        method: the training method to record (``"adalora"`` trains SVD adapters too);
+            default: the method whose layers these are, ``"elalora"`` or ``"lora"``.
+    """
     model = unwrap_model(model)
     layers = adapted_layers(model)
     if not layers:
@@ -56,7 +73,9 @@ def save_adapters(
             tensors[f"modules_to_save.{module_name}.{param_name}"] = value
     header = {
         "format": FORMAT,
-        "method": form_of(layers[0][1]).name,
+        "method": method or form_of(layers[0][1]).name,
+        "layer_form": form_of(layers[0][1]).name,
+        "backbone_fingerprint": backbone_fingerprint(model, exclude=modules_to_save),
         "config": json.dumps(config.to_dict()),
         "layers": json.dumps(layer_info),
         "rank_pattern": json.dumps(rank_pattern),
@@ -102,17 +121,22 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
     decoded = dict(meta)
     for key in ("config", "layers", "rank_pattern", "modules_to_save"):
         decoded[key] = json.loads(meta[key])
+    # Files written before "layer_form" existed named the layer form in "method".
+    decoded.setdefault("layer_form", meta.get("method"))
     return decoded
 
 
 @torch.no_grad()
-def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: bool = True) -> nn.Module:
     """Load an adapter file into ``model``.
 
     An unpatched model is patched first, with the layers, parts and config the
     file records.  A patched model must have exactly the file's adapter layers.
-    Every shape is checked before anything is written, so a file made for
-    another model raises :class:`AdapterFileError` and leaves ``model`` as it was.
+    Every shape, and the backbone fingerprint the file records (unless
+    ``check_backbone=False``), is checked before anything is written, so a file
+    made for another model raises :class:`AdapterFileError` (a
+    :class:`BackboneMismatchError` for other frozen weights of the same shapes)
+    and leaves ``model`` as it was.
     """
     meta = read_adapter_metadata(path)
     model = unwrap_model(model)
@@ -120,9 +144,11 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     layer_info: dict[str, dict] = meta["layers"]
     tensors = _read_tensors(path)
     _check_fits(model, path, layer_info, meta, tensors, config)
+    if check_backbone:
+        check_backbone_fingerprint(model, meta.get("backbone_fingerprint"), path, meta["modules_to_save"])
     if not adapted_layers(model):
         split = {name: info["parts"] for name, info in layer_info.items() if info["parts"]}
-        patch_model(model, list(layer_info), config, split=split, method=meta["method"])
+        patch_model(model, list(layer_info), config, split=split, method=meta["layer_form"])
     for adapter in find_adapters(model):
         _load_adapter(adapter, tensors)
     for module_name in meta["modules_to_save"]:
@@ -146,6 +172,23 @@ def _load_adapter(adapter: AdapterRef, tensors: dict[str, torch.Tensor]) -> None
         layer.rank_mask[part, :r] = True
 
 
+def check_backbone_fingerprint(
+    model: nn.Module, expected: str | None, path: str | os.PathLike, exclude: Sequence[str] = ()
+) -> None:
+    """Raise :class:`BackboneMismatchError` if ``model``'s frozen weights are not those
+    ``path`` was made on (``expected``: its recorded fingerprint; ``None`` skips the check)."""
+    if not expected:
+        return
+    found = backbone_fingerprint(model, exclude=exclude)
+    if found != expected:
+        raise BackboneMismatchError(
+            f"{path} was trained on a backbone with fingerprint {expected}, but this model's frozen weights "
+            f"have fingerprint {found}: the adapters would not reproduce the trained model. Build the backbone "
+            "the run used (same weights, checkpoint, or seed for a random --no-pretrained backbone), "
+            "or pass check_backbone=False to load anyway"
+        )
+
+
 def _read_tensors(path) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -158,9 +201,11 @@ def _check_fits(model, path, layer_info, meta, tensors, config) -> None:
     def fail(reason: str) -> None:
         raise AdapterFileError(f"adapter file {path} does not fit this model: {reason}")
 
-    if meta["method"] not in adapter_forms():
-        fail(f"it records adapter method {meta['method']!r}; known: {', '.join(adapter_forms())}")
-    saved = get_method(meta["method"])
+    if meta["layer_form"] not in adapter_forms():
+        fail(f"it records adapter form {meta['layer_form']!r}; known: {', '.join(adapter_forms())}")
+    if meta["method"] not in method_names():
+        fail(f"it records training method {meta['method']!r}; known: {', '.join(method_names())}")
+    saved = get_method(meta["layer_form"])
     existing = dict(adapted_layers(model))
     if existing and set(existing) != set(layer_info):
         missing = sorted(set(layer_info) - set(existing))[:3]

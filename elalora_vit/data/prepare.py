@@ -7,6 +7,7 @@ only `download=True`, which runs TFDS's `download_and_prepare`, needs TensorFlow
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -46,6 +47,7 @@ def prepare_vtab(
             logger.info("%s is already prepared in %s; skipping it.", task.name, folder)
         else:
             write_task_from_tfds(task, folder, tfds_dir, download, overwrite, jpeg_quality, progress)
+        write_class_names(task, folder, tfds_dir)
         folders.append(folder)
     return folders
 
@@ -72,3 +74,37 @@ def write_task_from_tfds(
         overwrite=overwrite,
         progress=progress,
     )
+
+
+CLASS_NAMES_FILE = "classes.txt"
+
+
+def write_class_names(task: VTabTask, folder: Path, tfds_dir: str | Path | None) -> Path | None:
+    """Writes `<folder>/classes.txt`, one class name per line in label order, when TFDS
+    names the task's classes (tasks labelled by TFDS's own "label"); `predict` shows them."""
+    names = tfds_class_names(task, tfds_dir)
+    if names is None:
+        return None
+    # Written whole or not at all (the data package does not use core's writer).
+    path, tmp = folder / CLASS_NAMES_FILE, folder / f".{CLASS_NAMES_FILE}.tmp"
+    tmp.write_text("\n".join(names) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def tfds_class_names(task: VTabTask, tfds_dir: str | Path | None) -> list[str] | None:
+    """The TFDS label names of `task`, or None when its labels are derived (counts, bins, ...)
+    or TFDS does not know them."""
+    if task.label_rule != "label":
+        return None
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(task.tfds_name, data_dir=None if tfds_dir is None else str(tfds_dir))
+        names = list(builder.info.features["label"].names)
+    except Exception as err:  # unknown builder, version or feature: names are a nicety
+        logger.info("no class names for %s from TFDS (%s)", task.name, err)
+        return None
+    if len(names) != task.num_classes or names == [str(i) for i in range(task.num_classes)]:
+        return None  # indices are what predict shows anyway
+    return names

@@ -16,6 +16,7 @@ from ..core.files import atomic_write, atomic_write_json, atomic_write_text
 from .config import ADAPTER_METHODS, TrainConfig
 from .heatmap import plot_rank_heatmap, rank_matrix
 from .methods import final_rank_pattern, trainable_parameter_count
+from .provenance import model_record, save_trained_weights
 from .run_files import RunFiles
 from .state import RunState
 
@@ -73,13 +74,12 @@ def write_outputs(files: RunFiles, cfg: TrainConfig, state: RunState, result: di
     """The trained adapters (or weights), the round history and heatmap, then result.json:
     last, since its presence marks the run finished."""
     model, method, allocator = state.unwrapped, state.method, state.allocator
+    record = model_record(cfg, model.num_classes)
     if cfg.method in ADAPTER_METHODS:
-        save_adapters(model, files.adapter, method.adapter_config, modules_to_save=method.head_names)
+        save_adapters(model, files.adapter, method.adapter_config, modules_to_save=method.head_names,
+                      metadata=record, method=cfg.method)
     else:
-        from safetensors.torch import save_file
-
-        trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        atomic_write(files.weights, lambda tmp: save_file(trainable, str(tmp)))
+        save_trained_weights(model, files.weights, cfg.method, method.head_names, record)
     if result["rank_pattern"]:  # the adapter methods
         atomic_write_json(files.history, [r.to_dict() for r in allocator.history] if allocator is not None else [])
         title = f"{cfg.data.task} / {cfg.method}: rank per adapter"

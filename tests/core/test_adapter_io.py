@@ -3,6 +3,7 @@ import torch
 from safetensors import safe_open
 
 from elalora_vit import (
+    BackboneMismatchError,
     AdapterFileError,
     ElaLoRAConfig,
     find_adapters,
@@ -108,3 +109,18 @@ def test_lora_adapters_round_trip(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_adapters_on_another_backbone_of_the_same_shapes_are_refused(tmp_path):
+    # Its own model: merging and unmerging (another test does) moves base weights by rounding.
+    model, cfg = make_tiny_vit(seed=0), ElaLoRAConfig(rank=2)
+    patch_model(model, VIT_TARGETS, cfg, split=QKV_SPLIT, exclude=["head"])
+    path = save_adapters(model, tmp_path / "a.safetensors", cfg, modules_to_save=["head"], method="adalora")
+    meta = read_adapter_metadata(path)
+    assert meta["method"] == "adalora" and meta["layer_form"] == "elalora"
+    other = make_tiny_vit(seed=1)  # same shapes, other random weights
+    with pytest.raises(BackboneMismatchError, match=f"fingerprint {meta['backbone_fingerprint']}, but .* fingerprint sha256:"):
+        load_adapters(other, path)
+    assert not find_adapters(other)
+    load_adapters(make_tiny_vit(seed=0), path)  # the backbone it was trained on: fine
+    load_adapters(other, path, check_backbone=False)  # the user's call

@@ -90,7 +90,7 @@ def test_a_file_naming_an_unknown_method_is_refused(tmp_path):
     path = save_adapters(model, tmp_path / "a.safetensors", ElaLoRAConfig(rank=2))
     with safe_open(str(path), framework="pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    save_file(tensors, str(tmp_path / "dora.safetensors"), metadata={**meta, "method": "dora"})
+    save_file(tensors, str(tmp_path / "dora.safetensors"), metadata={**meta, "layer_form": "dora"})
     assert json.loads(meta["rank_pattern"]) == {"0": 2}
-    with pytest.raises(AdapterFileError, match="records adapter method 'dora'; known: elalora, lora"):
+    with pytest.raises(AdapterFileError, match="records adapter form 'dora'; known: elalora, lora"):
         load_adapters(_model(), tmp_path / "dora.safetensors")

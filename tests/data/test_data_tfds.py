@@ -294,3 +294,13 @@ def test_task_selection():
         selected_tasks("cifar10")
     with pytest.raises(DataError, match="no tasks selected"):
         selected_tasks(" , ")
+
+
+def test_class_names_come_from_tfds_where_it_names_the_labels(fake_cifar, tmp_path):
+    from elalora_vit.data.prepare import tfds_class_names
+
+    assert tfds_class_names(get_task("eurosat"), tmp_path)[:2] == ["AnnualCrop", "Forest"]
+    assert tfds_class_names(get_task("clevr_count"), tmp_path) is None  # derived labels: no names
+    # cifar100 reads its names from the prepared dataset_info; offline TFDS has only indices
+    prepare_vtab("cifar", tmp_path, progress=False)
+    assert not (tmp_path / "cifar" / "classes.txt").exists()
