@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .targets import adapted_layers, unwrap_model
+from .layer import adapted_layers, unwrap_model
 
 # State-dict entries that belong to the adapters, not to the backbone.
 _ADAPTER_KEYS = ("lora_A", "lora_B", "lora_E", "rank_mask")
