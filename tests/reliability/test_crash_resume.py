@@ -51,7 +51,7 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(task_root, re
     assert not (out / "result.json").exists()
     checkpoint = out / "checkpoint.pt"
     killed_after = load_checkpoint(checkpoint)["epoch"]
-    # killed before the last epoch ended (3 epochs): the resumed run has epochs, and rounds, left to run
+    # killed before the last epoch ended (3 epochs): the resumed run has epochs left to run
     assert killed_after in (1, 2), f"the kill came after epoch {killed_after}: nothing was left to resume"
     # what a kill can leave besides: a half-written temp checkpoint, a half-written metrics line
     (out / ".checkpoint.pt.tmp-999999").write_bytes(checkpoint.read_bytes()[:1000])
