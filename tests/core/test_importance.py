@@ -4,9 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from elalora_vit import ElaLoRAConfig, ImportanceTracker, SVDLinear, patch_model
+from elalora_vit import ElaLoRAConfig, ImportanceTracker, RankAllocator, SVDLinear, patch_model
 
 peft = pytest.importorskip("peft")
+
+
+# Different on purpose: with beta1 == beta2 an EMA that uses the wrong one cannot be told apart.
+BETA1, BETA2 = 0.85, 0.6
+# Ranks masked off half-way in both implementations (PEFT zeroes their lambda, as its
+# mask_to_budget does): from then on their EMAs only decay, each at its own beta.
+INACTIVE = {"0": [1], "2": [0, 3]}
+MASKED_FROM = 3
 
 
 def _peft_adalora_mlp(rank: int):
@@ -14,7 +22,7 @@ def _peft_adalora_mlp(rank: int):
     base = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 6))
     config = peft.AdaLoraConfig(
         target_modules=["0", "2"], init_r=rank, target_r=2, tinit=1, tfinal=1, deltaT=1,
-        total_step=100, beta1=0.85, beta2=0.85, lora_alpha=8, lora_dropout=0.0,
+        total_step=100, beta1=BETA1, beta2=BETA2, lora_alpha=8, lora_dropout=0.0,
     )
     model = peft.get_peft_model(base, config)
     with torch.no_grad():
@@ -37,22 +45,34 @@ def _peft_triplet_scores(allocator, model, layer: str) -> torch.Tensor:
     return allocator._combine_ipt(s_E, torch.cat([s_A, s_B], dim=1))
 
 
+def _peft_stats(allocator, layer: str, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    name = f"base_model.model.{layer}.{which}.default"
+    return allocator.exp_avg_ipt[name], allocator.exp_avg_unc[name]
+
+
 def test_scores_equal_peft_adalora_on_the_same_parameters_and_gradients():
     rank = 4
     peft_model = _peft_adalora_mlp(rank)
     allocator = peft_model.base_model.rankallocator
+    assert (allocator.beta1, allocator.beta2) == (BETA1, BETA2)
 
     ours = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 6))
-    patch_model(ours, ["0", "2"], ElaLoRAConfig(rank=rank, max_rank=rank, beta1=0.85, beta2=0.85))
+    config = ElaLoRAConfig(rank=rank, max_rank=rank, beta1=BETA1, beta2=BETA2,
+                           warmup_steps=1, adjust_interval=1, stabilize_steps=1)
+    patch_model(ours, ["0", "2"], config)
     layers = [ours[0], ours[2]]
-    tracker = ImportanceTracker(layers, beta1=0.85, beta2=0.85)
+    tracker = RankAllocator(ours, config, total_steps=100).tracker  # the betas as the allocator passes them
 
-    for step in range(6):
+    for step in range(8):
         peft_model.zero_grad()
         with torch.no_grad():  # the parameters move between steps, as under an optimizer
             for n, p in peft_model.named_parameters():
                 if "lora_" in n:
                     p.add_(0.1 * torch.randn_like(p))
+            for layer, name in zip(layers, ["0", "2"]):
+                if step >= MASKED_FROM:
+                    _peft_param(peft_model, name, "lora_E")[INACTIVE[name]] = 0.0
+                    layer.rank_mask[0, INACTIVE[name]] = False
         x = torch.randn(16, 10)
         peft_model(x).pow(2).mean().backward()
         allocator.update_ipt(peft_model)
@@ -69,12 +89,17 @@ def test_scores_equal_peft_adalora_on_the_same_parameters_and_gradients():
         assert tracker.update()
 
         for index, name in enumerate(["0", "2"]):
+            # every slot, the inactive ones included (their lambda is 0: only the EMAs' memory scores them)
             expected = _peft_triplet_scores(allocator, peft_model, name)
             torch.testing.assert_close(tracker.layer_scores(index)[0], expected, rtol=1e-6, atol=1e-12)
-            peft_ema = allocator.exp_avg_ipt[f"base_model.model.{name}.lora_A.default"]
-            torch.testing.assert_close(tracker.ibar[3 * index][0], peft_ema, rtol=1e-6, atol=1e-12)
+            for j, which in enumerate(("lora_A", "lora_E", "lora_B")):
+                ibar, ubar = _peft_stats(allocator, name, which)
+                shape = tracker.ibar[3 * index + j][0].shape
+                torch.testing.assert_close(tracker.ibar[3 * index + j][0], ibar.view(shape), rtol=1e-6, atol=1e-12)
+                torch.testing.assert_close(tracker.ubar[3 * index + j][0], ubar.view(shape), rtol=1e-6, atol=1e-12)
     assert tracker.scores().shape == (2, rank)
-    assert (tracker.scores() > 0).all()
+    assert (tracker.scores() > 0).all()  # the inactive slots too: their EMAs remember
+    assert not layers[0].rank_mask[0, 1] and not layers[1].rank_mask[0, 3]
 
 
 def _layer_with_grads(value: float):

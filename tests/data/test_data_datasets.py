@@ -115,16 +115,50 @@ def test_lazy_dataset_decodes_on_every_access(folder_root, count_opens):
     assert len(count_opens) == 3
 
 
-def test_cached_and_lazy_items_agree(folder_root):
-    source = folder_source(folder_root, TASK, "train800")
-    preprocess = Preprocess(image_size=8)
+def _torchvision_reference(image_size: int, mean, std):
+    """The VTAB preprocessing written with torchvision: an implementation independent of ours."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize((image_size, image_size), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+@pytest.mark.parametrize("image_size", [8, 12])  # 12 x 10 images: resized, and only squeezed
+def test_cached_and_lazy_items_equal_torchvision_preprocessing(image_size):
+    pytest.importorskip("torchvision")
+    images = np.random.default_rng(0).integers(0, 256, (6, 10, 12, 3), dtype=np.uint8)  # textured, not square
+    source = ArraySource(images, [0, 1, 2, 0, 1, 2])
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    preprocess = Preprocess(image_size=image_size, mean=mean, std=std)
+    reference = _torchvision_reference(image_size, mean, std)
     cached = TensorCacheDataset(source, preprocess, progress=False)
     lazy = LazyDataset(source, preprocess)
     for index in range(len(source)):
-        (cached_image, cached_label), (lazy_image, lazy_label) = cached[index], lazy[index]
-        assert cached_label == lazy_label
-        assert torch.allclose(cached_image, lazy_image)
-    assert cached[0][0].dtype == torch.float32
+        expected = reference(PIL.Image.fromarray(images[index]))
+        for dataset in (cached, lazy):
+            image, label = dataset[index]
+            assert label == [0, 1, 2, 0, 1, 2][index]
+            assert image.dtype == torch.float32 and image.shape == (3, image_size, image_size)
+            torch.testing.assert_close(image, expected, rtol=0, atol=1e-6)
+
+
+def test_cached_and_lazy_folder_items_equal_torchvision_on_the_decoded_files(folder_root):
+    pytest.importorskip("torchvision")
+    source = folder_source(folder_root, TASK, "train800")
+    reference = _torchvision_reference(8, IMAGENET_MEAN, IMAGENET_STD)
+    lines = (folder_root / TASK.name / "train800.txt").read_text().split()
+    files, labels = lines[0::2], [int(v) for v in lines[1::2]]
+    cached = TensorCacheDataset(source, Preprocess(image_size=8), progress=False)
+    lazy = LazyDataset(source, Preprocess(image_size=8))
+    assert len(cached) == len(lazy) == len(files)
+    for index, (file, label) in enumerate(zip(files, labels)):
+        expected = reference(PIL.Image.open(folder_root / TASK.name / file).convert("RGB"))
+        for dataset in (cached, lazy):
+            torch.testing.assert_close(dataset[index][0], expected, rtol=0, atol=1e-6)
+            assert dataset[index][1] == label
 
 
 def test_cache_shows_a_progress_bar(capsys):

@@ -15,7 +15,10 @@ import torch
 from tests.train.conftest import tiny_overrides, write_folder_task
 
 REPO = Path(__file__).resolve().parents[2]
-THREADS = 2  # torch threads of in-process runs (tests/conftest.py) and of children compared with them
+# Torch threads of the reference run and of every run compared with it bit for bit: the
+# thread count changes how CPU kernels split their reductions, so 1 and 2 threads give
+# results that differ in the last bits (tests/conftest.py sets 1 for every other test).
+THREADS = 2
 
 
 def child_env(threads: int = 1) -> dict[str, str]:
@@ -67,6 +70,15 @@ def reference_run(task_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
     train(load_config(None, tiny_overrides(task_root, out)))
     return out
+
+
+@pytest.fixture
+def reference_threads():
+    """Run this test's in-process training with the reference run's thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield THREADS
+    torch.set_num_threads(before)
 
 
 def read_outputs(out: Path) -> dict:

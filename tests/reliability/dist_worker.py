@@ -1,23 +1,34 @@
 """One process of a multi-process training run, for tests/reliability/test_distributed.py.
 
 Launched as ``torchrun --standalone --nproc_per_node 2 tests/reliability/dist_worker.py
-DUMP_DIR [--nan-at STEP --nan-on RANK] -- <elalora-vit train arguments>``: it runs the real
-command line, and records, on every process, what every round decided and the adapter
-tensors right after it, then the final allocator state; each process writes them to
-``DUMP_DIR/process<rank>.pt`` for the test to compare.
+DUMP_DIR [--nan-at STEP --nan-on RANK] [--nan-loss-at STEP --nan-loss-on RANK]
+[--skew-scores-on RANK] -- <elalora-vit train arguments>``: it runs the real command
+line, and records, on every process, what every round decided and the adapter tensors
+right after it, every allocator step (was it skipped, were the adapter gradients
+finite), the process's own scores at every round, then the final allocator state; each
+process writes them to ``DUMP_DIR/process<rank>.pt`` for the test to compare.
+
+The faults, each on one process only:
+- ``--nan-at``: a NaN batch (NaN loss and, through DDP, NaN gradients everywhere);
+- ``--nan-loss-at``: a NaN loss whose gradients stay finite (a NaN added as a constant),
+  so only the cross-process finite check can make the other process skip too;
+- ``--skew-scores-on``: the process's importance scores are negated, so without the
+  broadcast of rank 0's scores the processes would decide differently.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from elalora_vit.core import adapted_layers
 
-snapshots: dict = {"rounds": [], "final": None}
+snapshots: dict = {"rounds": [], "final": None, "steps": [], "local_scores": []}
 
 
 def adapter_tensors(model) -> dict[str, torch.Tensor]:
@@ -26,6 +37,45 @@ def adapter_tensors(model) -> dict[str, torch.Tensor]:
         for name, layer in adapted_layers(model)
         for attr in ("lora_A", "lora_E", "lora_B", "rank_mask")
     }
+
+
+def install_core_faults(nan_loss_at: int | None, nan_loss_on: int | None, skew_scores_on: int | None) -> None:
+    """Faults and records placed in torch and the core only, not in the training loop."""
+    from elalora_vit.core import ImportanceTracker, RankAllocator
+
+    rank = int(os.environ.get("RANK", "0"))
+    original_ce, original_step, original_scores = F.cross_entropy, RankAllocator.step, RankAllocator.scores
+    original_tracker_scores = ImportanceTracker.scores
+    calls = 0
+
+    def cross_entropy(*args, **kwargs):
+        nonlocal calls
+        loss = original_ce(*args, **kwargs)
+        if torch.is_grad_enabled():  # a training step, not evaluation
+            calls += 1
+            if calls == nan_loss_at and rank == nan_loss_on:
+                loss = loss + torch.tensor(float("nan"))  # the loss is NaN, its gradient is not
+        return loss
+
+    def step(self, optimizer=None, *, skipped=False):
+        grads = [p.grad for layer in self.layers for p in (layer.lora_A, layer.lora_E, layer.lora_B)]
+        finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
+        snapshots["steps"].append({"skipped": bool(skipped), "grads_finite": finite})
+        return original_step(self, optimizer, skipped=skipped)
+
+    def scores(self):
+        local = original_scores(self)
+        snapshots["local_scores"].append(local.clone())
+        return local
+
+    def skewed_scores(self):
+        return -original_tracker_scores(self)
+
+    F.cross_entropy = cross_entropy
+    RankAllocator.step = step
+    RankAllocator.scores = scores
+    if skew_scores_on is not None and rank == skew_scores_on:
+        ImportanceTracker.scores = skewed_scores
 
 
 def install(nan_at: int | None, nan_on: int | None) -> None:
@@ -75,8 +125,12 @@ def main() -> int:
     parser.add_argument("dump_dir", type=Path)
     parser.add_argument("--nan-at", type=int)
     parser.add_argument("--nan-on", type=int)
+    parser.add_argument("--nan-loss-at", type=int)
+    parser.add_argument("--nan-loss-on", type=int)
+    parser.add_argument("--skew-scores-on", type=int)
     args = parser.parse_args(argv[:split])
     install(args.nan_at, args.nan_on)
+    install_core_faults(args.nan_loss_at, args.nan_loss_on, args.skew_scores_on)
     from elalora_vit import cli
 
     code = cli.main(argv[split + 1 :])

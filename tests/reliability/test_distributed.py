@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -22,18 +23,23 @@ WORKER = REPO / "tests" / "reliability" / "dist_worker.py"
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def test_two_processes_make_identical_decisions_and_hold_identical_adapters(task_root, tmp_path):
+def launch(task_root, tmp_path, *faults: str) -> tuple[dict, dict, Path]:
+    """Train under torchrun with two processes and the worker's ``faults``; returns what
+    each process recorded, and the output folder."""
     out, dumps = tmp_path / "run", tmp_path / "dumps"
     dumps.mkdir()
     overrides = tiny_overrides(task_root, out, **{"optim.epochs": 4, "optim.batch_size": 4, "optim.grad_clip": 0})
-    command = [*LAUNCH, str(WORKER), str(dumps), "--nan-at", "5", "--nan-on", "1", "--", *cli_train_args(overrides)]
+    command = [*LAUNCH, str(WORKER), str(dumps), *faults, "--", *cli_train_args(overrides)]
     done = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-
     p0, p1 = (torch.load(dumps / f"process{r}.pt", weights_only=True) for r in (0, 1))
     assert p0["world"] == p1["world"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(p0["labels"], p1["labels"]))  # each its own data
-    # the same rounds, decided identically, leaving bit-identical adapters
+    return p0, p1, out
+
+
+def assert_identical_rounds_and_adapters(p0: dict, p1: dict) -> None:
+    """The same rounds, decided identically, leaving bit-identical adapters and scores."""
     assert len(p0["rounds"]) == len(p1["rounds"]) >= 3
     assert any(r["record"]["pruned"] for r in p0["rounds"])
     for a, b in zip(p0["rounds"], p1["rounds"]):
@@ -49,6 +55,13 @@ def test_two_processes_make_identical_decisions_and_hold_identical_adapters(task
         assert all(torch.equal(x, y) for x, y in zip(f0["importance"][kind], f1["importance"][kind]))
         assert all(bool(torch.isfinite(x).all()) for x in f0["importance"][kind])
     assert all(bool(torch.isfinite(t).all()) for t in f0["adapters"].values())
+    assert [s["skipped"] for s in p0["steps"]] == [s["skipped"] for s in p1["steps"]]
+
+
+def test_two_processes_make_identical_decisions_and_hold_identical_adapters(task_root, tmp_path):
+    p0, p1, out = launch(task_root, tmp_path, "--nan-at", "5", "--nan-on", "1")
+    assert_identical_rounds_and_adapters(p0, p1)
+    f0, f1 = p0["final"], p1["final"]
     # the NaN batch on process 1 made both processes skip the same step, nothing else
     assert f0["loop_skipped"] == f1["loop_skipped"] == 1
     assert f0["allocator_skipped"] == f1["allocator_skipped"] == 1
@@ -57,6 +70,28 @@ def test_two_processes_make_identical_decisions_and_hold_identical_adapters(task
     result = json.loads((out / "result.json").read_text())
     assert result["rank_pattern"] == f0["rank_pattern"] and result["skipped_steps"] == 1
     assert json.loads((out / "rank_history.json").read_text()) == f0["history"]
+
+
+def test_a_non_finite_loss_on_one_process_makes_every_process_skip_the_step(task_root, tmp_path):
+    """Process 1's loss is NaN while every gradient stays finite, so DDP's all-reduce
+    spreads nothing: only the loop's cross-process check can make process 0 skip too."""
+    p0, p1, _ = launch(task_root, tmp_path, "--nan-loss-at", "5", "--nan-loss-on", "1")
+    assert p1["steps"][4] == {"skipped": True, "grads_finite": True}  # step 5: the fault as intended
+    assert p0["steps"][4] == {"skipped": True, "grads_finite": True}
+    assert [i for i, s in enumerate(p0["steps"]) if s["skipped"]] == [4]
+    assert p0["final"]["loop_skipped"] == p1["final"]["loop_skipped"] == 1
+    assert_identical_rounds_and_adapters(p0, p1)
+
+
+def test_processes_whose_scores_differ_take_the_main_process_decisions(task_root, tmp_path):
+    """Process 1 scores the ranks differently from process 0 (its scores are negated: DDP
+    cannot make them equal); the broadcast of rank 0's scores makes both decide alike."""
+    p0, p1, _ = launch(task_root, tmp_path, "--skew-scores-on", "1")
+    assert len(p0["local_scores"]) == len(p1["local_scores"]) >= 3
+    for a, b in zip(p0["local_scores"], p1["local_scores"]):
+        finite = torch.isfinite(a)
+        assert not torch.equal(a[finite], b[finite])  # the processes disagree...
+    assert_identical_rounds_and_adapters(p0, p1)  # ...yet decide alike
 
 
 def test_rank_decisions_follow_the_main_process_scores(tmp_path):

@@ -109,21 +109,32 @@ def test_damaged_checkpoint_bytes_always_give_a_checkpoint_error(stopped_run, tm
     (IndexError, UnicodeDecodeError, ...); every one must surface as a CheckpointError."""
     good = (stopped_run / "checkpoint.pt").read_bytes()
     rng = random.Random(0)
-    damaged = [good[: rng.randrange(1, len(good))] for _ in range(20)]
+    truncated = [good[: rng.randrange(1, len(good))] for _ in range(20)]
+    noise = [prefix + rng.randbytes(rng.randrange(1, 400)) for prefix in (b"", b"\x80\x02", b"PK\x03\x04") for _ in range(20)]
+    flipped = []
     for _ in range(40):
-        flipped = bytearray(good)
+        data = bytearray(good)
         for _ in range(4):
-            flipped[rng.randrange(len(flipped))] = rng.randrange(256)
-        damaged.append(bytes(flipped))
-    damaged += [prefix + rng.randbytes(rng.randrange(1, 400)) for prefix in (b"", b"\x80\x02", b"PK\x03\x04") for _ in range(20)]
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        flipped.append(bytes(data))
     path = tmp_path / "checkpoint.pt"
-    for data in damaged:
+    for kind, cases in (("truncated", truncated), ("noise", noise)):
+        for data in cases:
+            path.write_bytes(data)
+            with pytest.raises(CheckpointError) as refused:
+                load_checkpoint(path)
+            assert str(path) in str(refused.value), kind
+    refused_flips = 0
+    for data in flipped:
         path.write_bytes(data)
         try:
-            load_checkpoint(path)
+            state = load_checkpoint(path)
         except CheckpointError as err:
             assert str(path) in str(err)
-        # a flip inside tensor data can leave a readable checkpoint: that is the checksum-free format's limit
+            refused_flips += 1
+        else:  # a flip inside tensor data can leave a readable checkpoint: the checksum-free format's limit
+            assert isinstance(state, dict) and state["format"] == FORMAT
+    assert refused_flips >= 1
 
 
 def test_the_pickled_payload_is_live(tmp_path):

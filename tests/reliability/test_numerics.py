@@ -81,7 +81,9 @@ def test_bad_steps_are_skipped_counted_logged_and_leave_scores_and_adapters_fini
     assert all(m["train_loss"] == m["train_loss"] for m in metrics)  # no NaN mean loss
 
 
-def test_too_many_bad_steps_in_a_row_stop_with_a_usable_checkpoint(task_root, reference_run, tmp_path, monkeypatch):
+def test_too_many_bad_steps_in_a_row_stop_with_a_usable_checkpoint(
+    task_root, reference_run, reference_threads, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     overrides = tiny_overrides(task_root, out, max_bad_steps=3)
     poison_batches(monkeypatch, lambda step: step > STEPS_PER_EPOCH)  # everything after epoch 1 is bad

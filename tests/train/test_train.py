@@ -100,10 +100,31 @@ def test_finished_run_is_not_overwritten(folder_root, tmp_path):
     assert train(load_config(None, overrides), resume=True) == first
 
 
-def test_bf16_autocast_on_cpu(folder_root, tmp_path):
-    overrides = tiny_overrides(folder_root, tmp_path / "bf16", precision="bf16", **{"optim.epochs": 1})
-    result = train(load_config(None, overrides))
+def _linear_output_dtypes(cfg) -> tuple[set, dict]:
+    """Train ``cfg``; return the dtypes of every nn.Linear output while training (seen
+    through a global forward hook: the loop is not touched) and the result."""
+    seen: set = set()
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Linear) and torch.is_grad_enabled():
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        result = train(cfg)
+    finally:
+        handle.remove()
+    return seen, result
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_setting_decides_the_dtype_of_the_activations(precision, dtype, folder_root, tmp_path):
+    overrides = tiny_overrides(folder_root, tmp_path / precision, precision=precision, **{"optim.epochs": 1})
+    seen, result = _linear_output_dtypes(load_config(None, overrides))
+    assert seen == {dtype}  # bf16: autocast really ran, on every linear layer
     assert result["skipped_steps"] == 0
+    with safe_open(str(tmp_path / precision / "adapter.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # adapters train in fp32
 
 
 def test_unknown_task_lists_valid_ones(folder_root, tmp_path):
