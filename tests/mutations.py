@@ -71,19 +71,19 @@ MUTATIONS = [
         ("tests/reliability/test_distributed.py",),
     ),
     Mutation(
-        "finite-check-local",  # train/loop.py: _finite_on_every_process
+        "finite-check-local",  # train/runtime.py: finite_on_every_process
         "the cross-process finite check is local: one process skips a step the others take",
-        "elalora_vit/train/loop.py",
+        "elalora_vit/train/runtime.py",
         'failed = accelerator.reduce(torch.tensor(float(not ok), device=accelerator.device), reduction="sum")',
         "failed = torch.tensor(float(not ok))",
         ("tests/reliability/test_distributed.py",),
     ),
     Mutation(
-        "loop-passes-no-optimizer",  # train/loop.py: the allocator.step call
+        "loop-passes-no-optimizer",  # train/loop.py: the allocator.step call in _allocation_step
         "the training loop passes optimizer=None to allocator.step: no moment is ever reset",
         "elalora_vit/train/loop.py",
-        'optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, skipped=skipped',
-        "None, skipped=skipped",
+        "record = state.allocator.step(optimizer, skipped=skipped)",
+        "record = state.allocator.step(None, skipped=skipped)",
         ("tests/train/test_rounds_in_training.py",),
     ),
     Mutation(
@@ -103,9 +103,9 @@ MUTATIONS = [
         ("tests/reliability/test_hostile_files.py",),
     ),
     Mutation(
-        "bf16-ignored",  # train/loop.py: _mixed_precision
+        "bf16-ignored",  # train/runtime.py: _mixed_precision
         "precision bf16 is ignored: the run trains in fp32",
-        "elalora_vit/train/loop.py",
+        "elalora_vit/train/runtime.py",
         '"bf16": "bf16", "fp16": "fp16"}[precision]',
         '"bf16": "no", "fp16": "fp16"}[precision]',
         ("tests/train/test_train.py",),
