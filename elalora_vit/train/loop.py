@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..core import orthogonal_regularization, save_adapters, unwrap_model
 from ..data import load_task_data, resolve_task
+from ..data.datasets import loader_workers
 from ..vit import create_backbone, resolve_normalization
 from .checkpoint import CheckpointError, check_same_run, load_checkpoint, save_checkpoint
 from .config import ADAPTER_METHODS, TrainConfig
@@ -282,7 +283,7 @@ def evaluate(model, dataset, cfg: TrainConfig, accelerator) -> float:
     loader = DataLoader(
         share,
         batch_size=max(64, cfg.optim.batch_size),
-        num_workers=cfg.data.num_workers,
+        **loader_workers(dataset, cfg.data.num_workers),
         persistent_workers=False,
     )
     counts = torch.zeros(2, device=accelerator.device)
