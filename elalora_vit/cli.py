@@ -150,9 +150,9 @@ def _add_prepare(sub) -> None:
         description=(
             "Turn prepared tensorflow-datasets data into the shared VTAB-1k folder layout "
             "(<data-dir>/<task>/{train800,val200,train800val200,test}.txt and images/). Reading "
-            "prepared TFDS data needs no TensorFlow; --download runs tfds' download_and_prepare, which "
-            "needs TensorFlow and internet access (and manual downloads for resisc45 and "
-            "diabetic_retinopathy)."
+            "prepared TFDS data (array_record files) needs no TensorFlow; --download runs tfds' "
+            "download_and_prepare, which needs internet access and pip install tensorflow "
+            "importlib_resources (and manual downloads for resisc45 and diabetic_retinopathy)."
         ),
     )
     p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
@@ -160,7 +160,7 @@ def _add_prepare(sub) -> None:
                         "separated by spaces or commas")
     p.add_argument("--data-dir", default="data/vtab-1k", help="where to write the folders (default data/vtab-1k)")
     p.add_argument("--tfds-dir", help="tensorflow-datasets data_dir holding the prepared builders")
-    p.add_argument("--download", action="store_true", help="download and prepare missing TFDS data (needs TensorFlow)")
+    p.add_argument("--download", action="store_true", help="download and prepare missing TFDS data (needs pip install tensorflow importlib_resources)")
     p.add_argument("--overwrite", action="store_true", help="rewrite task folders that already exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare_vtab)

@@ -4,7 +4,7 @@ The training loop needs one call, `load_task_data` (in `load`)::
 
     data = load_task_data("cifar", data_dir="data/vtab-1k")
     train_loader = DataLoader(data.train, batch_size=64, shuffle=True)
-    eval_loader = DataLoader(data.eval, batch_size=256, num_workers=4)
+    eval_loader = DataLoader(data.eval, batch_size=256, **loader_workers(data.eval, 4))  # TFDS-safe workers
 
 - `tasks`: the 19 VTAB-1k tasks, their groups and the task-selection grammar;
 - `load`: `load_task_data`, `resolve_task` and the `SOURCES` images come from;
@@ -15,7 +15,7 @@ The training loop needs one call, `load_task_data` (in `load`)::
 
 from __future__ import annotations
 
-from elalora_vit.data.datasets import ArraySource, ImageSource, LazyDataset, TensorCacheDataset
+from elalora_vit.data.datasets import ArraySource, ImageSource, LazyDataset, TensorCacheDataset, loader_workers
 from elalora_vit.data.digits import DIGITS_TASK, DigitsTask, digits_source, write_digits_folder
 from elalora_vit.data.errors import DataError, MissingDataError, UnknownSplitError, UnknownTaskError
 from elalora_vit.data.folder import folder_source
@@ -38,7 +38,7 @@ __all__ = [
     "DIGITS_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "SOURCES", "SPLITS", "TASKS",
     "ArraySource", "DataError", "DigitsTask", "LazyDataset", "MissingDataError", "Preprocess",
     "TaskData", "TensorCacheDataset", "UnknownSplitError", "UnknownTaskError", "VTabTask",
-    "get_task", "load_task_data", "parse_task_list", "prepare_vtab", "resolve_task", "selected_tasks", "task_names",
+    "get_task", "load_task_data", "loader_workers", "parse_task_list", "prepare_vtab", "resolve_task", "selected_tasks", "task_names",
     "write_digits_folder",
 ]
 

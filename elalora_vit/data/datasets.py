@@ -40,11 +40,18 @@ class LazyDataset(Dataset):
 
     Meant for large evaluation sets, read by DataLoader worker processes; it is
     picklable when its source is. Items are (float tensor (3, H, W), int label).
+    Build its loader with `loader_workers`, which starts the workers the way the
+    source needs (`multiprocessing_context`).
     """
 
     def __init__(self, source: ImageSource, preprocess: Preprocess):
         self.source = source
         self.preprocess = preprocess
+
+    @property
+    def multiprocessing_context(self) -> Any:
+        """The worker start method the source needs (a context, for TFDS), or None."""
+        return getattr(self.source, "multiprocessing_context", None)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -52,6 +59,22 @@ class LazyDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.source[index]
         return self.preprocess(image), int(label)
+
+
+def loader_workers(dataset: Dataset, num_workers: int) -> dict[str, Any]:
+    """DataLoader keyword arguments for `num_workers` worker processes reading `dataset`.
+
+    A dataset that cannot be read in forked workers (one over `TfdsSource`:
+    array_record crashes in a process forked after its parent read records)
+    names a safe start method in its `multiprocessing_context` attribute::
+
+        DataLoader(data.eval, batch_size=256, **loader_workers(data.eval, 4))
+
+    Workers that are not forked re-import the main module, so a script using
+    this needs an `if __name__ == "__main__":` guard.
+    """
+    context = getattr(dataset, "multiprocessing_context", None) if num_workers > 0 else None
+    return {"num_workers": num_workers, "multiprocessing_context": context}
 
 
 class TensorCacheDataset(Dataset):

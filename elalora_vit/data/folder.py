@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from elalora_vit.data.errors import DataError, MissingDataError
+from elalora_vit.data.images import rgb_from_pil
 from elalora_vit.data.tasks import SPLITS, TaskLike, check_split
 
 _LABEL = re.compile(r"[+-]?\d+")
@@ -42,24 +43,31 @@ class ImageEntry:
 class FolderSource:
     """Images of one split of a task folder, decoded on access.
 
-    Items are (PIL RGB image, int label). Picklable (it holds only paths), so
-    DataLoader workers can share the decoding.
+    Items are (PIL RGB image, int label); images of any mode become RGB.
+    Picklable (it holds only paths), so DataLoader workers can share the
+    decoding. `where` (e.g. "task 'dtd', split 'test'") prefixes decoding errors.
     """
 
-    def __init__(self, entries: Sequence[ImageEntry]):
+    def __init__(self, entries: Sequence[ImageEntry], where: str = ""):
         self.entries = list(entries)
+        self.where = where
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         entry = self.entries[index]
-        return load_rgb_image(entry.path), entry.label
+        try:
+            return load_rgb_image(entry.path), entry.label
+        except DataError as err:
+            if not self.where:
+                raise
+            raise DataError(f"{self.where}, image {index}: {err}") from err
 
 
 def folder_source(root: str | Path, task: TaskLike, split: str) -> FolderSource:
     """The split `split` of `task` under `root`, checked line by line."""
-    return FolderSource(read_split_list(root, task, split))
+    return FolderSource(read_split_list(root, task, split), f"task {task.name!r}, split {split!r}")
 
 
 def expected_layout(root: str | Path, task: TaskLike) -> str:
@@ -166,7 +174,7 @@ def image_path(relative: str, folder: Path, where: str) -> Path:
 
 
 def load_rgb_image(path: Path) -> Image.Image:
-    """The decoded image at `path`, converted to RGB; `DataError` naming it if unusable."""
+    """The decoded image at `path`, in RGB whatever its mode; `DataError` naming it if unusable."""
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -175,7 +183,7 @@ def load_rgb_image(path: Path) -> Image.Image:
         raise DataError(f"image {path} is empty (0 bytes); re-create the task folder.")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return rgb_from_pil(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(
             f"cannot decode image {path}: {err}. The file is unreadable or corrupt; "
@@ -254,9 +262,9 @@ def write_split_list(path: Path, lines: Sequence[tuple[str, int]]) -> None:
 
 
 def as_pil(image: Any) -> Image.Image:
-    """A PIL RGB image from a PIL image or a uint8 (H, W, 3) array."""
+    """A PIL RGB image from a PIL image (any mode) or a uint8 (H, W, 3) array."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return rgb_from_pil(image)
     return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
 
 

@@ -1,4 +1,4 @@
-"""VTAB-1k label and image rules, applied to one decoded TFDS example.
+"""VTAB-1k label rules, applied to one decoded TFDS example.
 
 A decoded example is a dict of numpy arrays as `tfds.data_source` returns it.
 Sequence features are nested dicts of arrays, one row per object: the sizes of
@@ -106,23 +106,3 @@ def label_rule(name: str) -> Callable[[Example], int]:
             f"unknown label rule {name!r}; known rules: {', '.join(LABEL_RULES)}."
         ) from None
 
-
-def rgb_image(image: np.ndarray, pixel_scale: int = 1) -> np.ndarray:
-    """A uint8 (H, W, 3) image from a TFDS image feature.
-
-    1-channel images (dsprites, smallnorb) are tiled to 3 channels; `pixel_scale`
-    multiplies the values first (255 for dsprites, whose pixels are 0 or 1).
-    """
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3):
-        raise DataError(
-            f"expected an image of shape (H, W, 1) or (H, W, 3), got shape {array.shape}."
-        )
-    if pixel_scale != 1:
-        array = np.clip(array.astype(np.int64) * pixel_scale, 0, 255)
-    array = array.astype(np.uint8, copy=False)
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return array

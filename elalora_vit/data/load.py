@@ -2,7 +2,7 @@
 
     data = load_task_data("cifar", data_dir="data/vtab-1k")
     train_loader = DataLoader(data.train, batch_size=64, shuffle=True)
-    eval_loader = DataLoader(data.eval, batch_size=256, num_workers=4)
+    eval_loader = DataLoader(data.eval, batch_size=256, **loader_workers(data.eval, 4))  # TFDS-safe workers
 
 Sources: "folder" reads the shared folder layout (see `folder`), "tfds" reads
 prepared tensorflow-datasets data without TensorFlow, "digits" serves the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..data.datasets import loader_workers
 from .config import TrainConfig
 from .errors import TrainingError
 
@@ -57,7 +58,7 @@ def evaluate(model, dataset, cfg: TrainConfig, accelerator) -> float:
     loader = DataLoader(
         share,
         batch_size=max(64, cfg.optim.batch_size),
-        num_workers=cfg.data.num_workers,
+        **loader_workers(dataset, cfg.data.num_workers),
         persistent_workers=False,
     )
     counts = torch.zeros(2, device=accelerator.device)

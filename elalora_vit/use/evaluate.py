@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.files import atomic_write_json
 from ..data import load_task_data
+from ..data.datasets import loader_workers
 from .rebuild import RunModel, load_run
 
 
@@ -69,6 +70,7 @@ def split_dataset(run: RunModel, split: str, *, source=None, data_dir=None, tfds
         train_split=split,  # opened lazily and unused: only the eval split is read
         eval_split=split,
         image_size=run.image_size,
+        interpolation=run.interpolation,
         mean=run.mean,
         std=run.std,
         cache_train=False,
@@ -84,7 +86,7 @@ def run_predictions(run: RunModel, dataset: Dataset, *, num_workers: int | None 
     loader = DataLoader(
         dataset,
         batch_size=max(64, cfg.optim.batch_size),  # training's evaluation batch size
-        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+        **loader_workers(dataset, cfg.data.num_workers if num_workers is None else num_workers),
     )
     device = next(run.model.parameters()).device
     predictions, labels = [], []

@@ -12,7 +12,6 @@ from elalora_vit.data.labels import (
     kitti_distance_label,
     label_rule,
     plain_label,
-    rgb_image,
     smallnorb_azimuth_label,
     smallnorb_elevation_label,
 )
@@ -101,21 +100,3 @@ def test_label_rule_lookup():
     with pytest.raises(DataError, match="unknown label rule 'nope'.*clevr_count"):
         label_rule("nope")
 
-
-def test_one_channel_binary_image_is_scaled_and_tiled():
-    image = np.array([[0, 1], [1, 0]], dtype=np.uint8)[:, :, None]
-    rgb = rgb_image(image, pixel_scale=255)
-    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
-    assert rgb[0, 1].tolist() == [255, 255, 255] and rgb[0, 0].tolist() == [0, 0, 0]
-
-
-def test_one_channel_image_is_tiled_without_scaling():
-    image = np.full((3, 4, 1), 77, dtype=np.uint8)
-    assert np.array_equal(rgb_image(image), np.full((3, 4, 3), 77, dtype=np.uint8))
-
-
-def test_rgb_image_passes_through_and_rejects_other_shapes():
-    image = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
-    assert np.array_equal(rgb_image(image), image)
-    with pytest.raises(DataError, match=r"\(2, 2, 2\)"):
-        rgb_image(np.zeros((2, 2, 2), dtype=np.uint8))
