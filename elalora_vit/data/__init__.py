@@ -38,7 +38,8 @@ __all__ = [
     "DIGITS_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "SOURCES", "SPLITS", "TASKS",
     "ArraySource", "DataError", "DigitsTask", "LazyDataset", "MissingDataError", "Preprocess",
     "TaskData", "TensorCacheDataset", "UnknownSplitError", "UnknownTaskError", "VTabTask",
-    "get_task", "load_task_data", "loader_workers", "parse_task_list", "prepare_vtab", "resolve_task", "selected_tasks", "task_names",
+    "get_task", "load_task_data", "loader_workers", "parse_task_list", "prepare_vtab", "resolve_task",
+    "selected_tasks", "task_names",
     "write_digits_folder",
 ]
 
