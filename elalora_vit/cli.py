@@ -216,7 +216,7 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
 def _vtab_report(args: argparse.Namespace) -> int:
     from .sweep import write_report
 
-    paths = write_report(args.dir)
+    paths = write_report(args.dir, mix_protocols=args.mix_protocols)
     print(f"wrote {paths['markdown']} and {paths['csv']} ({len(paths) - 2} figures)")
     return 0
 
@@ -266,6 +266,8 @@ def _add_sweep(sub) -> None:
         ),
     )
     r.add_argument("dir", metavar="DIR", help="the --output folder of vtab-sweep (or any folder of run folders)")
+    r.add_argument("--mix-protocols", action="store_true",
+                   help="average runs whose recorded protocols differ (refused by default; results.md lists the keys)")
     r.set_defaults(func=_vtab_report)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..data.tasks import GROUPS
 from .formatting import cell_text, fmt, markdown_table, signed
+from .protocols import protocol_markdown
 from .published import PUBLISHED
 from .results import GROUP_NAMES, Results
 from .tables import BASELINE, comparison, cost_table, per_task_table, summary_table
@@ -17,7 +18,7 @@ from .tables import BASELINE, comparison, cost_table, per_task_table, summary_ta
 
 def results_markdown(results: Results, figures: dict[str, Path] | None = None) -> str:
     """The whole ``results.md``."""
-    sections = [_intro(results)]
+    sections = [_intro(results), protocol_markdown(results)]
     if results.runs:
         sections += [_verdict(results), summary_table(results), comparison(results), per_task_table(results),
                      cost_table(results)]
