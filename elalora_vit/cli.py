@@ -153,6 +153,37 @@ def _add_prepare(sub) -> None:
     p.set_defaults(func=_prepare_vtab)
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from .data.check import check_data, format_checks
+    from .data.tasks import selected_tasks
+
+    checks = check_data(selected_tasks(",".join(args.tasks)), source=args.data_source, data_dir=args.data_dir,
+                        tfds_dir=args.tfds_dir, full=not args.fast)
+    print(format_checks(checks))
+    bad = [c.task for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(bad)} of {len(checks)} tasks pass" + (f"; violations in {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
+def _add_check_data(sub) -> None:
+    p = sub.add_parser(
+        "check-data",
+        help="check prepared VTAB-1k data against the benchmark (sizes, labels, classes, decoding, test overlap)",
+        description=(
+            "Check each task's split sizes (800 / 200 / 1000 / the task's test size), that train800val200 is "
+            "train800 then val200, that no list repeats an image, labels are in range and every class is in "
+            "train800val200, that every image decodes and no test image is byte-identical to a training image; "
+            "print a table per task with the list files' SHA-256. Exit code 1 on any violation."
+        ),
+    )
+    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK", help="task names, groups or 'all' (default)")
+    p.add_argument("--data-source", choices=("folder", "tfds"), default="folder", help="folder layout (default) or tfds")
+    p.add_argument("--data-dir", default="data/vtab-1k", metavar="DIR", help="root of the folder layout (default data/vtab-1k)")
+    p.add_argument("--tfds-dir", metavar="DIR", help="tensorflow-datasets data_dir for --data-source tfds")
+    p.add_argument("--fast", action="store_true", help="list files only: skip decoding and the test-overlap check")
+    p.set_defaults(func=_check_data)
+
+
 def _list_tasks(args: argparse.Namespace) -> int:
     from .data import TASKS
 
@@ -194,6 +225,7 @@ SWEEP_EXAMPLES = """examples:
 def _vtab_sweep(args: argparse.Namespace) -> int:
     from .sweep import plan_sweep, run_sweep
     from .sweep.plan import DEFAULT_PRESETS, describe_plan
+    from .sweep.preflight import preflight
     from .sweep.runner import is_main_process
     from .train.config import parse_override
 
@@ -207,6 +239,7 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
         total = len(plan_sweep(args.tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
         print(describe_plan(runs, total, args.shard))
         return 0
+    preflight(runs)  # broken data stops the sweep before its first run
     summary = run_sweep(runs, report_dir=None if args.no_report else args.output)
     if is_main_process():
         print("\n".join(summary.lines()))
@@ -282,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_prepare(sub)
+    _add_check_data(sub)
     _add_sweep(sub)
     tasks = sub.add_parser("list-tasks", help="list the 19 VTAB-1k tasks", description="List the VTAB-1k task registry.")
     tasks.set_defaults(func=_list_tasks)
