@@ -304,6 +304,57 @@ def _add_sweep(sub) -> None:
     r.set_defaults(func=_vtab_report)
 
 
+# ----------------------------------------------------------------------------- tune
+def _vtab_tune(args: argparse.Namespace) -> int:
+    from .sweep.plan import DEFAULT_PRESETS, parse_shard
+    from .sweep.runner import is_main_process
+    from .sweep.tune import plan_tune, run_tune
+    from .train.config import parse_override
+
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if args.no_progress:
+        overrides["progress"] = False
+    presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
+    plan = plan_tune(args.tasks, args.methods, args.seeds, search_space=args.search_space, output=args.output,
+                     config=args.config, overrides=overrides, presets=presets)
+    summary = run_tune(plan, stage=args.stage, shard=parse_shard(args.shard) if args.shard else None,
+                       report=not args.no_report)
+    if is_main_process():
+        print("\n".join(summary.lines()))
+    return 0 if summary.ok else 1
+
+
+def _add_tune(sub) -> None:
+    from .sweep.tune import DEFAULT_SEARCH, RULE
+
+    p = sub.add_parser(
+        "vtab-tune",
+        help="the VTAB-1k protocol: choose hyper-parameters on train800 -> val200, then train800val200 -> test",
+        description=(
+            "Stage 1 trains every task x method x setting of --search-space on train800 and evaluates on val200 "
+            "(one seed, the first of --seeds) into <output>/stage1. The best setting per task x method "
+            f"({RULE}) is written to <output>/chosen/<task>/<method>.yaml with the validation table beside it. "
+            "Stage 2 trains the chosen settings on train800val200 for every seed and tests into <output>/stage2, "
+            "with its report. Resumable and shardable like vtab-sweep; stage 1 never reads the test split."
+        ),
+    )
+    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK", help="task names, groups or 'all' (default)")
+    p.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD", help="methods or 'all' (default)")
+    p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="SEED",
+                   help="stage-2 seeds (default 0 1 2); stage 1 uses the first")
+    p.add_argument("--search-space", metavar="FILE", default=str(DEFAULT_SEARCH),
+                   help="search-space YAML (default configs/search/default.yaml)")
+    p.add_argument("--stage", choices=("1", "2", "all"), default="all", help="run stage 1, stage 2 or both (default)")
+    p.add_argument("--config", metavar="FILE", help="YAML applied to every run, over the per-task presets")
+    p.add_argument("--output", metavar="DIR", default="runs/vtab-tune", help="tuning folder (default runs/vtab-tune)")
+    p.add_argument("--shard", metavar="I/N", help="do only shard I of N of each stage (1-based), e.g. for Slurm arrays")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run")
+    p.add_argument("--presets", metavar="DIR", help="folder of per-task presets (default configs/vtab; 'none': none)")
+    p.add_argument("--no-report", action="store_true", help="do not write the stage-2 report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_vtab_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elalora-vit",
@@ -317,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_check_data(sub)
     _add_sweep(sub)
+    _add_tune(sub)
     tasks = sub.add_parser("list-tasks", help="list the 19 VTAB-1k tasks", description="List the VTAB-1k task registry.")
     tasks.set_defaults(func=_list_tasks)
     inspect = sub.add_parser(
