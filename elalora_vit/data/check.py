@@ -9,12 +9,14 @@ Per task:
 - (full check) every image decodes, and no test image is byte-identical to a training image;
 - the SHA-256 of each list file, to compare folders between machines.
 
-Problems are of two kinds: ``broken`` (the data cannot be read as it says: a
-malformed or duplicated line, a missing image, an inconsistent union) and
-``nonstandard`` (readable, but not VTAB-1k: a wrong count, a missing class).
-``check-data`` fails on either; the fast pre-flight of ``vtab-sweep`` and
-``vtab-tune`` refuses broken data and warns about nonstandard data, which a
-deliberate smaller experiment may use.
+Problems are of three kinds: ``broken`` (the data cannot be read as it says: a
+malformed or duplicated line, a missing image, an inconsistent union),
+``nonstandard`` (readable, but not VTAB-1k: a wrong count, a missing class) and
+``missing`` (no task folder or list file: not prepared yet). ``check-data``
+fails on any; the fast pre-flight of ``vtab-sweep`` and ``vtab-tune`` refuses
+broken data and warns about the others (a deliberately smaller experiment may
+use nonstandard data; the runs of a task not prepared fail and are recorded,
+as runs that fail are).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ TEST_SIZES = {
 """Test-split sizes of the 19 tasks as the VTAB split strings give them (and the
 shared folder copies hold), from the TFDS versions in ``tasks.TASKS``."""
 TRAIN_SIZES = {"train800": 800, "val200": 200, "train800val200": 1000}
-BROKEN, NONSTANDARD = "broken", "nonstandard"
+BROKEN, NONSTANDARD, MISSING = "broken", "nonstandard", "missing"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def check_folder_task(root: str | Path, task: TaskLike, *, full: bool = True,
     try:
         folder = task_dir(root, task)
     except DataError as err:
-        check.add(BROKEN, root, str(err).splitlines()[0])
+        check.add(MISSING, root, str(err).splitlines()[0])
         return check
     entries = {split: _read_list(folder, split, task, check) for split in splits}
     for split, listed in entries.items():
@@ -114,7 +116,7 @@ def _read_list(folder: Path, split: str, task: TaskLike, check: TaskCheck) -> li
     """``(line number, entry)`` of every good line of ``<split>.txt``; problems recorded in ``check``."""
     path = folder / f"{split}.txt"
     if not path.is_file():
-        check.add(BROKEN, path, "missing list file")
+        check.add(MISSING, path, "missing list file")
         return None
     check.list_sha256[split] = file_sha256(path)
     try:
@@ -206,7 +208,7 @@ def check_tfds_task(task: VTabTask, tfds_dir: str | Path | None, *, full: bool =
         try:
             sources[split] = TfdsSource(task, split, tfds_dir)
         except DataError as err:
-            check.add(BROKEN, f"{task.tfds_name} {task.tfds_split(split)}", str(err).splitlines()[0])
+            check.add(MISSING, f"{task.tfds_name} {task.tfds_split(split)}", str(err).splitlines()[0])
             continue
         check.sizes[split] = len(sources[split])
         check.expected[split] = expected_size(task, split)

@@ -1,9 +1,10 @@
 """The fast data check a sweep or a tuning run does before it starts any run.
 
 It reads the list files of the splits the runs use (not the images): broken
-data (a malformed or duplicated line, a missing image or list) stops everything
-before the first run; nonstandard data (a wrong count, a missing class) is only
-reported, since a deliberately smaller experiment may use it. A plan that never
+data (a malformed or duplicated line, a missing image) stops everything before
+the first run; nonstandard data (a wrong count, a missing class) is only
+reported, since a deliberately smaller experiment may use it, and so is a task
+not prepared yet (its runs fail and are recorded like any failing run). A plan that never
 evaluates on ``test`` never opens the test list (tuning's stage 1).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from ..data.check import check_data
+from ..data.check import NONSTANDARD, check_data
 from ..data.errors import DataError
 from ..data.tasks import SPLITS, get_task
 from .plan import SweepRun
@@ -36,7 +37,8 @@ def preflight(runs: Sequence[SweepRun]) -> list[str]:
         (check,) = check_data([get_task(task)], source=source, data_dir=data_dir or "", tfds_dir=tfds_dir,
                               full=False, splits=splits)
         broken += [str(p) for p in check.broken()]
-        warnings += [f"{task}: {p} (not VTAB-1k)" for p in check.problems if p not in check.broken()]
+        warnings += [f"{task}: {p} ({'not VTAB-1k' if p.kind == NONSTANDARD else 'its runs will fail'})"
+                     for p in check.problems if p not in check.broken()]
     if broken:
         raise DataError("the data check found broken data; no run was started:\n  " + "\n  ".join(broken)
                         + "\nFix the files named (elalora-vit check-data shows every check), then start again")
