@@ -316,7 +316,7 @@ def _vtab_tune(args: argparse.Namespace) -> int:
         overrides["progress"] = False
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
     plan = plan_tune(args.tasks, args.methods, args.seeds, search_space=args.search_space, output=args.output,
-                     config=args.config, overrides=overrides, presets=presets)
+                     config=args.config, overrides=overrides, presets=presets, budget_match=args.budget_match)
     summary = run_tune(plan, stage=args.stage, shard=parse_shard(args.shard) if args.shard else None,
                        report=not args.no_report)
     if is_main_process():
@@ -350,6 +350,8 @@ def _add_tune(sub) -> None:
     p.add_argument("--shard", metavar="I/N", help="do only shard I of N of each stage (1-based), e.g. for Slurm arrays")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run")
     p.add_argument("--presets", metavar="DIR", help="folder of per-task presets (default configs/vtab; 'none': none)")
+    p.add_argument("--budget-match", action="store_true",
+                   help="stage 2 trains LoRA at the rank whose trainable parameters match ElaLoRA's chosen run")
     p.add_argument("--no-report", action="store_true", help="do not write the stage-2 report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_vtab_tune)

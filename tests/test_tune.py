@@ -18,7 +18,7 @@ import yaml
 
 from elalora_vit.cli import main
 from elalora_vit.core.config import ConfigError
-from elalora_vit.sweep.tune import choose, load_search_space, plan_tune, run_tune
+from elalora_vit.sweep.tune import choose, load_search_space, plan_stage2, plan_tune, run_tune
 from tests.test_sweep import REPO, TINY, cli_set_flags, write_task
 
 TASKS = ("dtd", "eurosat")
@@ -176,3 +176,32 @@ def test_another_search_space_or_seeds_under_the_same_output_is_refused(tmp_path
     run_tune(plan_tune("dtd", "linear", [0, 1], search_space=space, output=tmp_path / "elsewhere",
                      presets=None, overrides=args["overrides"]), stage="2")  # another --output is fine
     shutil.rmtree(output)
+
+
+def test_budget_match_sets_loras_stage2_rank_from_elaloras_parameters(tmp_path, data_root, space):
+    from elalora_vit.train import load_config
+    from elalora_vit.train.methods import setup_method, trainable_parameter_count
+    from elalora_vit.vit import create_backbone
+
+    overrides = {**TINY, "data.data_dir": str(data_root)}
+    plan = plan_tune("dtd", "elalora lora", [0, 1], search_space=space, output=tmp_path / "tune", presets=None,
+                     overrides=overrides, budget_match=True)
+    real = load_config(None, {**overrides, "data.task": "dtd", "method": "lora", "adapter.rank": 3})
+    model = create_backbone(real.model.name, 47, pretrained=False, **real.model.kwargs)  # dtd: 47 classes
+    setup_method(model, real, total_steps=10)
+    at_rank_3 = trainable_parameter_count(model)
+    for run in plan.stage1:  # stage 1 "done": ElaLoRA's chosen run has LoRA-at-rank-3's parameters, plus a few
+        run.output_dir.mkdir(parents=True)
+        accuracy = 60.0 if "0.05" in run.setting else 50.0
+        run.files.result.write_text(json.dumps({"accuracy": accuracy, "eval_split": "val200",
+                                                "trainable_params": at_rank_3 + 7 if run.method == "elalora" else 1}))
+    stage2, waiting = plan_stage2(plan)
+    assert not waiting
+    lora = [r for r in stage2 if r.method == "lora"]
+    assert len(lora) == 2 and all(r.config.adapter.rank == 3 and r.config.optim.lr == 0.05 for r in lora)
+    assert all(r.config.adapter.rank == TINY["adapter.rank"] for r in stage2 if r.method == "elalora")
+    chosen = yaml.safe_load((tmp_path / "tune" / "chosen" / "dtd" / "lora.yaml").read_text())
+    assert chosen["budget_match"] == {"adapter.rank": 3, "elalora_trainable_params": at_rank_3 + 7,
+                                      "lora_trainable_params": at_rank_3}
+    with pytest.raises(ConfigError, match="select both methods"):
+        plan_tune("dtd", "lora", [0], search_space=space, output=tmp_path / "x", presets=None, budget_match=True)

@@ -139,6 +139,7 @@ class TunePlan:
     space: dict[str, dict[str, list[Any]]]
     plan_args: dict[str, Any]  # config, overrides, presets: as for plan_sweep
     stage1: list[TuneRun]
+    budget_match: bool = False  # LoRA's stage-2 rank matched to ElaLoRA's trainable parameters
 
     @property
     def chosen_dir(self) -> Path:
@@ -152,7 +153,7 @@ class TunePlan:
 def plan_tune(tasks: str | Iterable[str], methods: str | Iterable[str], seeds: str | Iterable[int | str], *,
               search_space: str | Path = DEFAULT_SEARCH, output: str | Path = "runs/vtab-tune",
               config: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-              presets: Any = DEFAULT_PRESETS) -> TunePlan:
+              presets: Any = DEFAULT_PRESETS, budget_match: bool = False) -> TunePlan:
     """Plan both stages (stage 1's runs in full); every bad input is a ``ConfigError`` here,
     before any run: an unknown key or empty list in the search space, --set of a split."""
     overrides = dict(overrides or {})
@@ -160,6 +161,8 @@ def plan_tune(tasks: str | Iterable[str], methods: str | Iterable[str], seeds: s
         if key in overrides:
             raise ConfigError(f"vtab-tune sets {key!r} itself (train800 -> val200, then train800val200 -> test)")
     method_list, seed_list = select_methods(methods), select_seeds(seeds)
+    if budget_match and not {"elalora", "lora"} <= set(method_list):
+        raise ConfigError("--budget-match matches LoRA's rank to ElaLoRA's parameters: select both methods")
     space = load_search_space(search_space, method_list)
     plan_args = {"config": config, "presets": presets}
     stage1 = []
@@ -173,12 +176,13 @@ def plan_tune(tasks: str | Iterable[str], methods: str | Iterable[str], seeds: s
     task_order = [task.name for task in selected_tasks(_words(tasks))]
     stage1.sort(key=lambda r: (task_order.index(r.task), method_list.index(r.method)))  # stable: settings in order
     return TunePlan(Path(output), task_order, method_list, seed_list, space, {**plan_args, "overrides": overrides},
-                    stage1)
+                    stage1, budget_match)
 
 
 def manifest(plan: TunePlan) -> dict[str, Any]:
     """What must not change under one output folder: the search space and the seeds."""
-    return {"search_space": plan.space, "seeds": plan.seeds, "stage1_seed": plan.seeds[0]}
+    return {"search_space": plan.space, "seeds": plan.seeds, "stage1_seed": plan.seeds[0],
+            "budget_match": plan.budget_match}
 
 
 def claim_output(plan: TunePlan) -> None:
@@ -188,7 +192,7 @@ def claim_output(plan: TunePlan) -> None:
     mine = manifest(plan)
     if path.is_file():
         theirs = json.loads(path.read_text())
-        differing = [key for key in ("seeds", "stage1_seed") if theirs.get(key) != mine[key]]
+        differing = [key for key in ("seeds", "stage1_seed", "budget_match") if theirs.get(key, False) != mine[key]]
         old_space = theirs.get("search_space", {})
         differing += [f"search_space.{m}" for m in mine["search_space"]
                       if m in old_space and old_space[m] != mine["search_space"][m]]
@@ -252,8 +256,9 @@ def _read_result(run: SweepRun) -> dict[str, Any] | None:
         return None
 
 
-def write_choice(plan: TunePlan, choice: Choice) -> Path:
-    """``chosen/<task>/<method>.yaml`` and the validation table beside it."""
+def write_choice(plan: TunePlan, choice: Choice, budget: dict[str, Any] | None = None) -> Path:
+    """``chosen/<task>/<method>.yaml`` and the validation table beside it; ``budget``:
+    LoRA's matched rank under --budget-match."""
     folder = plan.chosen_dir / choice.task
     rows = [[name, "–" if acc is None else f"{acc:.2f}", "**chosen**" if name == setting_name(choice.values) else "",
              f"`{folder_}`"] for name, acc, folder_ in choice.table]
@@ -263,13 +268,34 @@ def write_choice(plan: TunePlan, choice: Choice) -> Path:
     content = {"task": choice.task, "method": choice.method, "chosen": choice.values,
                "val200_top1": choice.val200, "rule": RULE, "stage1_seed": plan.seeds[0],
                "validation_table": f"{choice.method}.val200.md"}
+    if budget:
+        content["budget_match"] = budget
     return atomic_write_text(folder / f"{choice.method}.yaml", yaml.safe_dump(content, sort_keys=False))
 
 
 def read_choice(plan: TunePlan, task: str, method: str) -> dict[str, Any]:
     """The chosen values as written in ``chosen/<task>/<method>.yaml`` (what stage 2 trains with)."""
     path = plan.chosen_dir / task / f"{method}.yaml"
-    return dict(yaml.safe_load(path.read_text())["chosen"])
+    content = yaml.safe_load(path.read_text())
+    budget = content.get("budget_match") or {}
+    return {**content["chosen"], **({"adapter.rank": budget["adapter.rank"]} if "adapter.rank" in budget else {})}
+
+
+def matched_budget(plan: TunePlan, task: str) -> dict[str, Any] | None:
+    """LoRA's rank whose trainable parameters are nearest those of ElaLoRA's chosen
+    stage-1 run on ``task`` (None while ElaLoRA's stage 1 is unfinished). LoRA's
+    learning rate was chosen at its preset rank; stage 2 trains it at this one."""
+    from .budget import lora_rank_for_budget
+
+    ela = choose(plan, task, "elalora")
+    if ela is None:
+        return None
+    name = setting_name(ela.values)
+    run = next(r for r in plan.stage1 if (r.task, r.method, r.setting) == (task, "elalora", name))
+    target = _read_result(run)["trainable_params"]
+    lora = next(r for r in plan.stage1 if (r.task, r.method) == (task, "lora"))
+    rank, params = lora_rank_for_budget(lora.config, target)
+    return {"adapter.rank": rank, "elalora_trainable_params": target, "lora_trainable_params": params}
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -280,10 +306,11 @@ def plan_stage2(plan: TunePlan) -> tuple[list[SweepRun], list[str]]:
     for task in plan.tasks:
         for method in plan.methods:
             choice = choose(plan, task, method)
-            if choice is None:
+            budget = matched_budget(plan, task) if plan.budget_match and method == "lora" else None
+            if choice is None or (plan.budget_match and method == "lora" and budget is None):
                 waiting.append(f"{task}/{method}")
                 continue
-            write_choice(plan, choice)
+            write_choice(plan, choice, budget)
             overrides = {**plan.plan_args["overrides"], **read_choice(plan, task, method), **STAGE2_SPLITS}
             runs += plan_sweep([task], [method], plan.seeds, output=plan.stage2_dir, overrides=overrides,
                                config=plan.plan_args["config"], presets=plan.plan_args["presets"])
