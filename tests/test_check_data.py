@@ -100,3 +100,25 @@ def test_the_sweep_refuses_broken_data_before_its_first_run(root, tmp_path):
         main(["-v", "vtab-sweep", "--tasks", "kitti", "--methods", "linear", "--output", str(output),
               "--set", f"data.data_dir={root}", "--presets", "none"])
     assert not output.exists()
+
+
+# ----------------------------------------------------------------------------- TFDS
+def test_tfds_data_is_checked_for_sizes_classes_and_test_twins():
+    from elalora_vit.data.check import check_tfds_task
+    from elalora_vit.data.fingerprint import split_fingerprint
+    from tests.data.test_data_tfds import CIFAR, FakeDataSource, cifar_splits
+
+    splits = cifar_splits()
+    splits["test"][1] = splits["train[:800]"][2]  # a test image identical to a training image
+    with FakeDataSource(splits).mock():
+        check = check_tfds_task(CIFAR, None)
+        fingerprint = split_fingerprint(CIFAR, "test", "tfds", "", None)
+        assert fingerprint == split_fingerprint(CIFAR, "test", "tfds", "", None)
+        assert fingerprint != split_fingerprint(CIFAR, "val200", "tfds", "", None)
+    problems = [str(p) for p in check.problems]
+    assert check.sizes == {"train800": 5, "val200": 3, "train800val200": 8, "test": 4}
+    assert "cifar100:3.*.* train[:800]: 5 examples, VTAB-1k has 800 in train800" in problems
+    assert "cifar100:3.*.* test: 4 examples, VTAB-1k has 10000 in test" in problems
+    assert any(p.startswith("cifar100:3.*.* train[:800]+train[45000:45200]: missing class(es)") for p in problems)
+    assert "cifar100:3.*.* test, example 1: identical to train800val200 example 2" in problems
+    assert check.classes == "8 / 100" and check.decoded == 20
