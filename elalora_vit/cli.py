@@ -166,6 +166,37 @@ def _add_prepare(sub) -> None:
     p.set_defaults(func=_prepare_vtab)
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from .data.check import check_data, format_checks
+    from .data.tasks import selected_tasks
+
+    checks = check_data(selected_tasks(",".join(args.tasks)), source=args.data_source, data_dir=args.data_dir,
+                        tfds_dir=args.tfds_dir, full=not args.fast)
+    print(format_checks(checks))
+    bad = [c.task for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(bad)} of {len(checks)} tasks pass" + (f"; violations in {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
+def _add_check_data(sub) -> None:
+    p = sub.add_parser(
+        "check-data",
+        help="check prepared VTAB-1k data against the benchmark (sizes, labels, classes, decoding, test overlap)",
+        description=(
+            "Check each task's split sizes (800 / 200 / 1000 / the task's test size), that train800val200 is "
+            "train800 then val200, that no list repeats an image, labels are in range and every class is in "
+            "train800val200, that every image decodes and no test image is byte-identical to a training image; "
+            "print a table per task with the list files' SHA-256. Exit code 1 on any violation."
+        ),
+    )
+    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK", help="task names, groups or 'all' (default)")
+    p.add_argument("--data-source", choices=("folder", "tfds"), default="folder", help="folder layout (default) or tfds")
+    p.add_argument("--data-dir", default="data/vtab-1k", metavar="DIR", help="root of the folder layout (default data/vtab-1k)")
+    p.add_argument("--tfds-dir", metavar="DIR", help="tensorflow-datasets data_dir for --data-source tfds")
+    p.add_argument("--fast", action="store_true", help="list files only: skip decoding and the test-overlap check")
+    p.set_defaults(func=_check_data)
+
+
 def _list_tasks(args: argparse.Namespace) -> int:
     from .data import TASKS
 
@@ -292,6 +323,7 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
     from .data.tasks import parse_task_list
     from .sweep import plan_sweep, run_sweep
     from .sweep.plan import DEFAULT_PRESETS, describe_plan
+    from .sweep.preflight import preflight
     from .sweep.runner import is_main_process
     from .train.config import parse_override
 
@@ -306,6 +338,7 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
         total = len(plan_sweep(tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
         print(describe_plan(runs, total, args.shard))
         return 0
+    preflight(runs)  # broken data stops the sweep before its first run
     summary = run_sweep(runs, report_dir=None if args.no_report else args.output)
     if is_main_process():
         print("\n".join(summary.lines()))
@@ -315,7 +348,7 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
 def _vtab_report(args: argparse.Namespace) -> int:
     from .sweep import write_report
 
-    paths = write_report(args.dir)
+    paths = write_report(args.dir, mix_protocols=args.mix_protocols)
     print(f"wrote {paths['markdown']} and {paths['csv']} ({len(paths) - 2} figures)")
     return 0
 
@@ -366,7 +399,62 @@ def _add_sweep(sub) -> None:
         ),
     )
     r.add_argument("dir", metavar="DIR", help="the --output folder of vtab-sweep (or any folder of run folders)")
+    r.add_argument("--mix-protocols", action="store_true",
+                   help="average runs whose recorded protocols differ (refused by default; results.md lists the keys)")
     r.set_defaults(func=_vtab_report)
+
+
+# ----------------------------------------------------------------------------- tune
+def _vtab_tune(args: argparse.Namespace) -> int:
+    from .sweep.plan import DEFAULT_PRESETS, parse_shard
+    from .sweep.runner import is_main_process
+    from .sweep.tune import plan_tune, run_tune
+    from .train.config import parse_override
+
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if args.no_progress:
+        overrides["progress"] = False
+    presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
+    plan = plan_tune(args.tasks, args.methods, args.seeds, search_space=args.search_space, output=args.output,
+                     config=args.config, overrides=overrides, presets=presets, budget_match=args.budget_match)
+    summary = run_tune(plan, stage=args.stage, shard=parse_shard(args.shard) if args.shard else None,
+                       report=not args.no_report)
+    if is_main_process():
+        print("\n".join(summary.lines()))
+    return 0 if summary.ok else 1
+
+
+def _add_tune(sub) -> None:
+    from .sweep.tune import DEFAULT_SEARCH, RULE
+
+    p = sub.add_parser(
+        "vtab-tune",
+        help="the VTAB-1k protocol: choose hyper-parameters on train800 -> val200, then train800val200 -> test",
+        description=(
+            "Stage 1 trains every task x method x setting of --search-space on train800 and evaluates on val200 "
+            "(one seed, the first of --seeds) into <output>/stage1. The best setting per task x method "
+            f"({RULE}) is written to <output>/chosen/<task>/<method>.yaml with the validation table beside it. "
+            "Stage 2 trains the chosen settings on train800val200 for every seed and tests into <output>/stage2, "
+            "with its report. Resumable and shardable like vtab-sweep; stage 1 never reads the test split."
+        ),
+    )
+    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK", help="task names, groups or 'all' (default)")
+    p.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD", help="methods or 'all' (default)")
+    p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="SEED",
+                   help="stage-2 seeds (default 0 1 2); stage 1 uses the first")
+    p.add_argument("--search-space", metavar="FILE", default=str(DEFAULT_SEARCH),
+                   help="search-space YAML (default configs/search/default.yaml)")
+    p.add_argument("--stage", choices=("1", "2", "all"), default="all", help="run stage 1, stage 2 or both (default)")
+    p.add_argument("--config", metavar="FILE", help="YAML applied to every run, over the per-task presets")
+    p.add_argument("--output", metavar="DIR", default="runs/vtab-tune", help="tuning folder (default runs/vtab-tune)")
+    p.add_argument("--shard", metavar="I/N", help="do only shard I of N of each stage (1-based), e.g. for Slurm arrays")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run")
+    p.add_argument("--presets", metavar="DIR", help="folder of per-task presets (default configs/vtab; 'none': none)")
+    p.add_argument("--budget-match", action="store_true",
+                   help="stage 2 trains LoRA at the rank whose trainable parameters match ElaLoRA's chosen run")
+    p.add_argument("--no-report", action="store_true", help="do not write the stage-2 report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_vtab_tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_prepare(sub)
+    _add_check_data(sub)
     _add_sweep(sub)
+    _add_tune(sub)
     _add_use(sub)
     tasks = sub.add_parser("list-tasks", help="list the 19 VTAB-1k tasks", description="List the VTAB-1k task registry.")
     tasks.set_defaults(func=_list_tasks)

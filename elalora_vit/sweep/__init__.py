@@ -10,7 +10,12 @@ and shardable, and the report that gathers their results into one table.
   ones, recording failures in ``failed.json`` and going on.
 - `results`: gathers ``result.json`` files into per-task cells and VTAB aggregates.
 - `report`: writes the files people read: `results_csv`, `markdown` (with `tables`, all
-  formatted by `formatting`), `figures`, next to the `published` numbers.
+  formatted by `formatting`), `figures`, next to the `published` numbers; `protocols`
+  refuses to average runs of different recorded protocols, `stats` gives paired
+  differences over seeds with t-intervals.
+- `tune`: ``vtab-tune``, the protocol end to end (val200 choice, then test) on top of
+  `plan` and `runner`; `budget` matches LoRA's rank to ElaLoRA's parameters;
+  `preflight` checks the data before any run.
 """
 
 from .plan import DEFAULT_OUTPUT, DEFAULT_PRESETS, SweepRun, parse_shard, plan_sweep, shard_runs

@@ -23,12 +23,13 @@ CSV_NAME = "results.csv"
 MARKDOWN_NAME = "results.md"
 
 
-def write_report(root: str | Path) -> dict[str, Path]:
+def write_report(root: str | Path, *, mix_protocols: bool = False) -> dict[str, Path]:
     """Gather the results under ``root`` and write the report files there.
 
+    Runs of different protocols are refused unless ``mix_protocols`` (see :mod:`.protocols`).
     Returns their paths: ``csv``, ``markdown`` and one entry per figure."""
     root = Path(root)
-    results = collect_results(root)
+    results = collect_results(root, mix_protocols=mix_protocols)
     figures = write_figures(results, root)
     paths = {
         "csv": atomic_write_text(root / CSV_NAME, results_csv(results)),

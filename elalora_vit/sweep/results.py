@@ -22,6 +22,7 @@ from ..data.tasks import GROUPS, get_task, task_names
 from ..train.config import METHODS
 from ..train.run_files import RunFiles
 from .plan import FAILED
+from .protocols import check_protocols
 
 GROUP_NAMES: tuple[str, ...] = tuple(GROUPS)
 TIE = 1e-9
@@ -46,6 +47,7 @@ class RunResult:
     initial_rank: int | None  # adapter.rank of the run's config.yaml
     train_split: str | None  # data.train_split of the run's config.yaml
     path: Path
+    protocol: dict[str, Any] | None = None  # result.json's "protocol"; None in results written before it
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Results:
     runs: list[RunResult]
     failures: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    mixed_protocols: dict[str, list[Any]] = field(default_factory=dict)  # key -> values, when --mix-protocols allowed it
 
     def __post_init__(self) -> None:
         self.cells: dict[tuple[str, str], Cell] = {}
@@ -179,12 +182,13 @@ class Results:
         return deltas
 
 
-def collect_results(root: str | Path) -> Results:
+def collect_results(root: str | Path, *, mix_protocols: bool = False) -> Results:
     """Read every ``result.json`` (and ``failed.json``) under ``root``.
 
     Results of non-VTAB tasks are left out with a note; so is a second result of
     the same task, method and seed.  Results evaluated on different splits (e.g.
-    ``val200`` and ``test``) are refused: report each sweep separately.
+    ``val200`` and ``test``) are refused: report each sweep separately.  So are
+    runs of different protocols (see :mod:`.protocols`), unless ``mix_protocols``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -220,7 +224,8 @@ def collect_results(root: str | Path) -> Results:
             except (ValueError, OSError):
                 failure = {"error": "unreadable failed.json"}
             failures.append({**failure, "folder": _rel(path.parent, root)})
-    return Results(root, list(runs.values()), failures, notes)
+    mixed = check_protocols(list(runs.values()), root, mix_protocols)
+    return Results(root, list(runs.values()), failures, notes, mixed)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -247,6 +252,7 @@ def _read_result(path: Path) -> RunResult | None:
         initial_rank=(config.get("adapter") or {}).get("rank"),
         train_split=(config.get("data") or {}).get("train_split"),
         path=path,
+        protocol=data.get("protocol"),
     )
 
 

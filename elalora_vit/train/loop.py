@@ -33,6 +33,7 @@ from .errors import TrainingError
 from .health import HealthMonitor
 from .methods import setup_method, total_rank
 from .outputs import append_jsonl, epoch_record, run_result, start_outputs, write_outputs
+from .protocol import run_protocol
 from .resume import resume_from, save_run_checkpoint
 from .run_files import RunFiles
 from .runtime import create_accelerator, evaluate, finite_on_every_process, postfix, progress_bar
@@ -63,6 +64,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
 
     # ---- backbone, data, method, optimizer, schedule
     model, data = _build_model_and_data(cfg, accelerator)
+    protocol = run_protocol(cfg, model, data.task)  # before the method patches the model
     steps_per_epoch = math.ceil(len(data.train) / (cfg.optim.batch_size * accelerator.num_processes))
     state = _set_up_run(cfg, model, steps_per_epoch, accelerator, started)
 
@@ -95,7 +97,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
 
     # ---- final evaluation and outputs
     accuracy = evaluate(state.model, data.eval, cfg, accelerator)
-    result = run_result(cfg, files, state, accuracy)
+    result = {**run_result(cfg, files, state, accuracy), "protocol": protocol}
     if accelerator.is_main_process:
         write_outputs(files, cfg, state, result)
     accelerator.wait_for_everyone()
