@@ -18,13 +18,12 @@ the protocol: they live in config.yaml and may differ per task and method.
 
 from __future__ import annotations
 
-import hashlib
 from importlib import metadata
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
+from ..core.fingerprint import backbone_fingerprint
 from ..data.fingerprint import FORMATS, split_fingerprint
 from ..vit import resolve_data_config
 from ..vit.facts import head_names_present
@@ -75,17 +74,10 @@ def backbone_weights(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
 
 
 def backbone_sha256(model: nn.Module) -> str:
-    """``sha256:<hex>`` of the model's state_dict (names, dtypes, shapes and bytes),
-    without the classifier head, whose size follows the task and whose values follow the seed."""
-    heads = tuple(f"{name}." for name in head_names_present(model))
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        if name.startswith(heads):
-            continue
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return "sha256:" + digest.hexdigest()
+    """The fingerprint of the backbone's frozen weights (:func:`backbone_fingerprint`), without
+    the classifier head, whose size follows the task and whose values follow the seed: the
+    same hash the run's weight files record."""
+    return backbone_fingerprint(model, exclude=head_names_present(model))
 
 
 def package_versions() -> dict[str, str]:
