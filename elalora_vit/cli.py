@@ -61,13 +61,42 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from .train import load_config, train
+    from .train.errors import RunInterrupted
+    from .train.summary import summary_lines
 
     cfg = load_config(args.config, _train_overrides(args))
-    result = train(cfg, resume=args.resume)
-    summary = {k: result[k] for k in ("task", "method", "seed", "eval_split", "accuracy", "trainable_params", "total_rank")}
-    print(json.dumps(summary))
-    print(f"outputs in {result['output_dir']}")
+    if args.dry_run:
+        from .train.dry_run import dry_run
+
+        print("\n".join(dry_run(cfg, resume=args.resume, overwrite=args.overwrite)))
+        return 0
+    try:
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except RunInterrupted as stop:
+        if _is_main_process():
+            print(f"{stop.where()}; continue with `{resume_command(args.argv)}`", file=sys.stderr)
+        return 130
+    if _is_main_process():  # under torchrun / accelerate every process gets here; one prints
+        print("\n".join(summary_lines(result)))
+        print(json.dumps({k: result[k] for k in RESULT_LINE_KEYS}))
     return 0
+
+
+RESULT_LINE_KEYS = ("task", "method", "seed", "eval_split", "accuracy", "trainable_params", "total_rank")
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line the user typed, with ``--resume`` (and without ``--overwrite``)."""
+    import shlex
+
+    args = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["elalora-vit", *args, *([] if "--resume" in args else ["--resume"])])
+
+
+def _is_main_process() -> bool:
+    from .sweep.runner import is_main_process
+
+    return is_main_process()
 
 
 def _add_train(sub) -> None:
@@ -85,7 +114,9 @@ def _add_train(sub) -> None:
             "below, then --set KEY=VALUE (any config key, e.g. adapter.b=2). Outputs go to "
             "runs/<task>/<method>/seed<seed> unless --output says otherwise: config.yaml, metrics.jsonl, "
             "result.json, rank_history.json, rank_heatmap.png, adapter.safetensors and checkpoint.pt "
-            "(written every epoch; --resume continues from it)."
+            "(written every epoch; --resume continues from it). A folder holding a run is never overwritten "
+            "without --resume or --overwrite. Ctrl-C stops with exit code 130 and prints the command that "
+            "continues the run."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -109,7 +140,15 @@ def _add_train(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16, or fp16 (CUDA, with a GradScaler)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--eval-every", type=int, metavar="N", help="also evaluate every N epochs (default: at the end only)")
-    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output folder from its checkpoint.pt; with no checkpoint there, "
+                        "say so and start a fresh run; a finished run gives its result again (same settings only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run files in the output folder and start afresh (without --resume or "
+                        "--overwrite, a folder holding a checkpoint, metrics or a result is refused)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, data, weights and output folder and print the plan (steps, schedule, "
+                        "rounds, trainable parameters, memory estimate); train nothing")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
@@ -296,11 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.argv = argv
+    # Under torchrun / accelerate, only the main process reports; the others say only errors.
+    level = logging.DEBUG if args.verbose else logging.INFO if _is_main_process() else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except KeyboardInterrupt:
+        if _is_main_process():
+            print(f"elalora-vit {args.command}: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
     except Exception as err:
         if args.verbose or not _is_user_error(err):
             raise
