@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..core import orthogonal_regularization
 from ..data import load_task_data, resolve_task
 from ..vit import create_backbone, resolve_data_config
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .errors import RunInterrupted, TrainingError
 from .health import HealthMonitor
@@ -98,7 +99,7 @@ def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int |
     except KeyboardInterrupt:
         progress.close()
         final = state.epoch >= cfg.optim.epochs
-        raise RunInterrupted(files.root, None if final else state.epoch + 1, state.checkpoint_epoch, final) from None
+        raise RunInterrupted(files.root, None if final else state.epoch + 1, _checkpoint_epoch(state, files), final) from None
     last_loss = state.metrics[-1]["train_loss"] if state.metrics else 0.0
     progress.set_postfix(postfix(last_loss, 1, accuracy, state.scheduler, state.current_rank))  # ends on the final top-1
     progress.close()
@@ -132,6 +133,17 @@ def _train_epochs(state: RunState, cfg: TrainConfig, data, accelerator, progress
             progress.close()
             return False
     return True
+
+
+def _checkpoint_epoch(state: RunState, files: RunFiles) -> int | None:
+    """The epoch of the checkpoint on disk when Ctrl-C came. Read from the file only if
+    Ctrl-C came while it was being written (it is the old one or the new one)."""
+    if state.checkpoint_epoch == state.epoch or not files.checkpoint.exists():
+        return state.checkpoint_epoch
+    try:
+        return int(load_checkpoint(files.checkpoint)["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return state.checkpoint_epoch
 
 
 def _start_folder(files: RunFiles, action: str, cfg: TrainConfig, state: RunState, accelerator) -> None:
