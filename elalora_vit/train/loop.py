@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core import orthogonal_regularization
-from ..data import load_task_data, resolve_task
-from ..vit import create_backbone, resolve_data_config
+from ..core.errors import first_line
+from ..data import DataError, load_task_data, resolve_task
+from ..vit import check_input_size, create_backbone, resolve_data_config
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .errors import RunInterrupted, TrainingError
@@ -95,7 +96,7 @@ def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int |
     try:
         if not _train_epochs(state, cfg, data, accelerator, progress, files, stop_after_epoch):
             return {"interrupted_after_epoch": state.epoch}
-        accuracy = evaluate(state.model, data.eval, cfg, accelerator)
+        accuracy = _final_evaluation(state, cfg, data, accelerator, files)
     except KeyboardInterrupt:
         progress.close()
         final = state.epoch >= cfg.optim.epochs
@@ -133,6 +134,18 @@ def _train_epochs(state: RunState, cfg: TrainConfig, data, accelerator, progress
             progress.close()
             return False
     return True
+
+
+def _final_evaluation(state: RunState, cfg: TrainConfig, data, accelerator, files: RunFiles) -> float:
+    """Top-1 at the end. Image files were checked before training, but one corrupt past
+    its header is found only now: say that training is safe and how to evaluate again."""
+    try:
+        return evaluate(state.model, data.eval, cfg, accelerator)
+    except DataError as err:
+        raise DataError(
+            f"{first_line(err)} Training finished and is saved ({files.checkpoint}, epoch {state.checkpoint_epoch}): "
+            "fix the file, then run the same command with --resume to evaluate again"
+        ) from err
 
 
 def _checkpoint_epoch(state: RunState, files: RunFiles) -> int | None:
@@ -176,6 +189,7 @@ def _build_model_and_data(cfg: TrainConfig, accelerator):
         **cfg.model.kwargs,
     )
     spec = resolve_data_config(model, cfg.data)
+    check_input_size(model, spec.image_size, cfg.model.name)  # before the data is cached
     data = load_task_data(
         task,
         source=cfg.data.source,
