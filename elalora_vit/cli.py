@@ -243,9 +243,13 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
     plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets)
     runs = plan_sweep(args.tasks, args.methods, args.seeds, shard=args.shard, **plan)
     if args.dry_run:
+        from .sweep.checks import check_runs
+
         total = len(plan_sweep(args.tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
         print(describe_plan(runs, total, args.shard))
-        return 0
+        lines, ok = check_runs(runs)
+        print("\n".join(lines))
+        return 0 if ok else 1
     summary = run_sweep(runs, report_dir=None if args.no_report else args.output)
     if is_main_process():
         print("\n".join(summary.lines()))
@@ -286,7 +290,9 @@ def _add_sweep(sub) -> None:
     p.add_argument("--output", metavar="DIR", default=DEFAULT_OUTPUT, help=f"sweep folder (default {DEFAULT_OUTPUT})")
     p.add_argument("--shard", metavar="I/N",
                    help="do only shard I of N (1-based; round-robin over the ordered run list), e.g. for Slurm arrays")
-    p.add_argument("--dry-run", action="store_true", help="list the runs, their folders and status (done/partial/new); run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs, their folders and status (done/partial/new), and check every task's data and "
+                        "the backbone's weights; run nothing (exit code 1 if a check fails)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run (repeatable)")
     p.add_argument("--presets", metavar="DIR",
                    help="folder of per-task presets <task>.yaml (default: the repository's configs/vtab; 'none': no presets)")
