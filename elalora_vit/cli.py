@@ -61,7 +61,6 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from .train import load_config, train
-    from .train.errors import RunInterrupted
     from .train.summary import summary_lines
 
     cfg = load_config(args.config, _train_overrides(args))
@@ -70,12 +69,7 @@ def _train(args: argparse.Namespace) -> int:
 
         print("\n".join(dry_run(cfg, resume=args.resume, overwrite=args.overwrite)))
         return 0
-    try:
-        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except RunInterrupted as stop:
-        if _is_main_process():
-            print(f"{stop.where()}; continue with `{resume_command(args.argv)}`", file=sys.stderr)
-        return 130
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)  # Ctrl-C: see stopped_line
     if _is_main_process():  # under torchrun / accelerate every process gets here; one prints
         print("\n".join(summary_lines(result)))
         print(json.dumps({k: result[k] for k in RESULT_LINE_KEYS}))
@@ -83,6 +77,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 RESULT_LINE_KEYS = ("task", "method", "seed", "eval_split", "accuracy", "trainable_params", "total_rank")
+
+
+def stopped_line(command: str, argv: Sequence[str], stop: KeyboardInterrupt) -> str:
+    """The one line Ctrl-C prints: where the run stopped and the command that continues it."""
+    import shlex
+
+    from .train.errors import RunInterrupted
+
+    where = stop.where() if isinstance(stop, RunInterrupted) else "stopped (Ctrl-C)"
+    if command == "train":
+        return f"{where}; continue with `{resume_command(argv)}`"
+    if command == "vtab-sweep":
+        return (f"{where}; continue with `{shlex.join(['elalora-vit', *argv])}` "
+                "(finished runs are skipped, the interrupted one resumes)")
+    return f"elalora-vit {command}: {where}"
 
 
 def resume_command(argv: Sequence[str]) -> str:
@@ -350,9 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if _is_main_process():
-            print(f"elalora-vit {args.command}: stopped (Ctrl-C)", file=sys.stderr)
+            print(stopped_line(args.command, args.argv, stop), file=sys.stderr)
         return 130
     except Exception as err:
         if args.verbose or not _is_user_error(err):

@@ -85,3 +85,16 @@ def test_a_rank_pruned_and_regrown_in_one_round_is_no_move():
     text = "\n".join(summary)
     assert "51 ranks moved in 4 rounds (54 counting the 3 pruned and re-grown" in text
     assert "warning: w!" in text
+
+
+def test_the_ctrl_c_line_names_the_command_that_continues():
+    from elalora_vit.cli import stopped_line
+    from elalora_vit.train.errors import RunInterrupted
+
+    stop = RunInterrupted("out", 3, 2)
+    assert stopped_line("train", ["train", "--task", "dtd", "--overwrite"], stop) == (
+        "stopped during epoch 3; last checkpoint epoch 2; continue with `elalora-vit train --task dtd --resume`")
+    assert stopped_line("train", ["train", "--resume"], RunInterrupted("out", None, None)) == (
+        "stopped before training started; no checkpoint yet; continue with `elalora-vit train --resume`")
+    line = stopped_line("vtab-sweep", ["vtab-sweep", "--tasks", "dtd"], stop)
+    assert line.startswith("stopped during epoch 3; last checkpoint epoch 2; continue with `elalora-vit vtab-sweep --tasks dtd`")
