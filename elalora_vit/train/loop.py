@@ -10,8 +10,10 @@ Every epoch ends with an atomic checkpoint, so ``resume=True`` continues a
 stopped run and reaches what an uninterrupted run reaches.
 
 The pieces live beside it: the run's state (state.py), its files (run_files.py),
-checkpoint and resume (resume.py), outputs (outputs.py) and the accelerator,
-finite checks, evaluation and progress bar (runtime.py).
+what may happen to its output folder (run_folder.py: --resume, --overwrite),
+checkpoint and resume (resume.py), outputs (outputs.py), the end-of-run summary
+(summary.py) and the accelerator, finite checks, evaluation and progress bar
+(runtime.py); dry_run.py checks a run's inputs and prints its plan instead.
 """
 
 from __future__ import annotations
