@@ -98,3 +98,14 @@ def test_the_ctrl_c_line_names_the_command_that_continues():
         "stopped before training started; no checkpoint yet; continue with `elalora-vit train --resume`")
     line = stopped_line("vtab-sweep", ["vtab-sweep", "--tasks", "dtd"], stop)
     assert line.startswith("stopped during epoch 3; last checkpoint epoch 2; continue with `elalora-vit vtab-sweep --tasks dtd`")
+
+
+def test_help_documents_resume_overwrite_and_dry_run(capsys):
+    from elalora_vit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite" in text and "--dry-run" in text
+    assert "with no checkpoint there, say so and start a fresh run" in text
+    assert "never overwritten without --resume or --overwrite" in text and "exit code 130" in text
