@@ -306,7 +306,13 @@ def _fmt(value, spec: str) -> str:
     return format(value, spec) if spec else str(value)
 
 
-def verdict(value: float, limit: float) -> str:
+NOT_JUDGED = "not judged (--quick: a smoke run, too small and short to measure a target)"
+
+
+def verdict(value: float, limit: float, judged: bool = True) -> str:
+    """``met`` / ``MISSED``; a smoke run (``judged=False``) measures too little to say."""
+    if not judged:
+        return NOT_JUDGED
     return "met" if value <= limit else "MISSED"
 
 

@@ -211,10 +211,10 @@ def main(argv=None) -> dict:
     at72 = [r for r in rows if r["adapters"] == 72]
     if at72:
         targets["round_ms_72_adapters"] = {"value": at72[0]["round_ms"], "limit": TARGET_ROUND_MS_72,
-                                           "verdict": B.verdict(at72[0]["round_ms"], TARGET_ROUND_MS_72)}
+                                           "verdict": B.verdict(at72[0]["round_ms"], TARGET_ROUND_MS_72, not args.quick)}
     if len(rows) > 1:
         worst = max(r["round_x"] / r["size_x"] for r in rows[1:])
-        targets["round_growth_vs_linear"] = {"value": worst, "limit": 1.15, "verdict": B.verdict(worst, 1.15),
+        targets["round_growth_vs_linear"] = {"value": worst, "limit": 1.15, "verdict": B.verdict(worst, 1.15, not args.quick),
                                              "note": "round time growth / adapter growth: <= 1 is linear or "
                                                      "better, 15% allowed for timing noise"}
         targets["update_growth_vs_linear"] = {"value": max(r["update_x"] / r["size_x"] for r in rows[1:]),
@@ -229,7 +229,7 @@ def main(argv=None) -> dict:
                                       ("update_pct", "% of step", ".2f"), ("round_ms", "round ms", ".1f"),
                                       ("amortised_pct", f"% incl. rounds/{args.adjust_interval}", ".2f")]))
         targets["overhead_pct_of_step"] = {"value": over["amortised_pct"], "limit": 100 * TARGET_OVERHEAD,
-                                           "verdict": B.verdict(over["amortised_pct"], 100 * TARGET_OVERHEAD)}
+                                           "verdict": B.verdict(over["amortised_pct"], 100 * TARGET_OVERHEAD, not args.quick)}
     result["targets"] = targets
     for key, t in targets.items():
         print(f"  target {key}: {t['value']:.3f} (limit {t['limit']}) -> {t['verdict']}")

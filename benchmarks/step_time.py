@@ -246,10 +246,10 @@ def bench_model(spec: str, args) -> dict:
                     row[f"rss_x_{ref}"] = memory[k]["rss_mib"] / memory[ref]["rss_mib"]
         rows.append(row)
     return {"model": name, "img_size": img, "batch": batch, "precision": args.precision, "rows": rows, "project_img": args.project_img,
-            "times_s": times, "targets": targets(rows)}
+            "times_s": times, "targets": targets(rows, judged=not args.quick)}
 
 
-def targets(rows: list[dict]) -> dict:
+def targets(rows: list[dict], judged: bool = True) -> dict:
     by = {r["variant"]: r for r in rows}
     out = {}
     if "elalora" in by and "x_lora" in by["elalora"]:
@@ -257,7 +257,7 @@ def targets(rows: list[dict]) -> dict:
     if "elalora" in by and "x_peft-lora" in by["elalora"]:
         out["elalora_vs_peft_lora"] = (by["elalora"]["x_peft-lora"], TARGET_VS_PEFT_LORA)
         out["elalora_memory_vs_peft_lora"] = (by["elalora"]["mem_x_peft-lora"], TARGET_MEMORY_VS_PEFT_LORA)
-    return {k: {"value": v, "limit": lim, "verdict": B.verdict(v, lim)} for k, (v, lim) in out.items()}
+    return {k: {"value": v, "limit": lim, "verdict": B.verdict(v, lim, judged)} for k, (v, lim) in out.items()}
 
 
 def print_report(result: dict) -> None:

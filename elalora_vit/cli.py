@@ -68,13 +68,51 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from .train import load_config, train
+    from .train.summary import summary_lines
 
     cfg = load_config(args.config, _train_overrides(args))
-    result = train(cfg, resume=args.resume)
-    summary = {k: result[k] for k in ("task", "method", "seed", "eval_split", "accuracy", "trainable_params", "total_rank")}
-    print(json.dumps(summary))
-    print(f"outputs in {result['output_dir']}")
+    if args.dry_run:
+        from .train.dry_run import dry_run
+
+        print("\n".join(dry_run(cfg, resume=args.resume, overwrite=args.overwrite)))
+        return 0
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)  # Ctrl-C: see stopped_line
+    if _is_main_process():  # under torchrun / accelerate every process gets here; one prints
+        print("\n".join(summary_lines(result)))
+        print(json.dumps({k: result[k] for k in RESULT_LINE_KEYS}))
     return 0
+
+
+RESULT_LINE_KEYS = ("task", "method", "seed", "eval_split", "accuracy", "trainable_params", "total_rank")
+
+
+def stopped_line(command: str, argv: Sequence[str], stop: KeyboardInterrupt) -> str:
+    """The one line Ctrl-C prints: where the run stopped and the command that continues it."""
+    import shlex
+
+    from .train.errors import RunInterrupted
+
+    where = stop.where() if isinstance(stop, RunInterrupted) else "stopped (Ctrl-C)"
+    if command == "train":
+        return f"{where}; continue with `{resume_command(argv)}`"
+    if command == "vtab-sweep":
+        return (f"{where}; continue with `{shlex.join(['elalora-vit', *argv])}` "
+                "(finished runs are skipped, the interrupted one resumes)")
+    return f"elalora-vit {command}: {where}"
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line the user typed, with ``--resume`` (and without ``--overwrite``)."""
+    import shlex
+
+    args = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["elalora-vit", *args, *([] if "--resume" in args else ["--resume"])])
+
+
+def _is_main_process() -> bool:
+    from .sweep.runner import is_main_process
+
+    return is_main_process()
 
 
 def _add_train(sub) -> None:
@@ -93,7 +131,9 @@ def _add_train(sub) -> None:
             "runs/<task>/<method>/seed<seed> unless --output says otherwise: config.yaml, metrics.jsonl, "
             "result.json and checkpoint.pt (written every epoch; --resume continues from it); elalora, lora and "
             "adalora also write adapter.safetensors, rank_history.json and rank_heatmap.png; full and linear "
-            "write trained.safetensors. 'elalora-vit evaluate' adds eval-<split>.json."
+            "write trained.safetensors. 'elalora-vit evaluate' adds eval-<split>.json. A folder holding a run is never overwritten "
+            "without --resume or --overwrite. Ctrl-C stops with exit code 130 and prints the command that "
+            "continues the run."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -118,7 +158,15 @@ def _add_train(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16, or fp16 (CUDA, with a GradScaler)")
     p.add_argument("--seed", help="random seed (default 0)")
     p.add_argument("--eval-every", metavar="N", help="also evaluate every N epochs (default: at the end only)")
-    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output folder from its checkpoint.pt; with no checkpoint there, "
+                        "say so and start a fresh run; a finished run gives its result again (same settings only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run files in the output folder and start afresh (without --resume or "
+                        "--overwrite, a folder holding a checkpoint, metrics or a result is refused)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, data, weights and output folder and print the plan (steps, schedule, "
+                        "rounds, trainable parameters, memory estimate); train nothing")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config key (repeatable); values are YAML, numbers in any spelling: "
                         "--set optim.lr=3e-3 --set optim.epochs=1e2 --set data.mean=[0.5,0.5,0.5]")
@@ -170,7 +218,7 @@ def _check_data(args: argparse.Namespace) -> int:
     from .data.check import check_data, format_checks
     from .data.tasks import selected_tasks
 
-    checks = check_data(selected_tasks(",".join(args.tasks)), source=args.data_source, data_dir=args.data_dir,
+    checks = check_data(selected_tasks(args.tasks), source=args.data_source, data_dir=args.data_dir,
                         tfds_dir=args.tfds_dir, full=not args.fast)
     print(format_checks(checks))
     bad = [c.task for c in checks if not c.ok]
@@ -335,9 +383,13 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
     plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets)
     runs = plan_sweep(tasks, args.methods, args.seeds, shard=args.shard, **plan)
     if args.dry_run:
+        from .sweep.checks import check_runs
+
         total = len(plan_sweep(tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
         print(describe_plan(runs, total, args.shard))
-        return 0
+        lines, ok = check_runs(runs)
+        print("\n".join(lines))
+        return 0 if ok else 1
     preflight(runs)  # broken data stops the sweep before its first run
     summary = run_sweep(runs, report_dir=None if args.no_report else args.output)
     if is_main_process():
@@ -380,7 +432,9 @@ def _add_sweep(sub) -> None:
     p.add_argument("--output", metavar="DIR", default=DEFAULT_OUTPUT, help=f"sweep folder (default {DEFAULT_OUTPUT})")
     p.add_argument("--shard", metavar="I/N",
                    help="do only shard I of N (1-based; round-robin over the ordered run list), e.g. for Slurm arrays")
-    p.add_argument("--dry-run", action="store_true", help="list the runs, their folders and status (done/partial/new); run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs, their folders and status (done/partial/new), and check every task's data and "
+                        "the backbone's weights; run nothing (exit code 1 if a check fails)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run (repeatable)")
     p.add_argument("--presets", metavar="DIR",
                    help="folder of per-task presets <task>.yaml (default: the repository's configs/vtab; 'none': no presets)")
@@ -489,11 +543,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.argv = argv
+    # Under torchrun / accelerate, only the main process reports; the others say only errors.
+    level = logging.DEBUG if args.verbose else logging.INFO if _is_main_process() else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except KeyboardInterrupt as stop:
+        if _is_main_process():
+            print(stopped_line(args.command, args.argv, stop), file=sys.stderr)
+        return 130
     except Exception as err:
         if args.verbose or not _is_user_error(err):
             raise

@@ -23,6 +23,7 @@ allocator as it is by the scaler.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,13 @@ class RoundRecord:
     expanded: list[str] = field(default_factory=list)
     shortfall: int = 0  # ranks that could not be moved because adapters were at capacity
     rank_pattern: dict[str, int] = field(default_factory=dict)
+
+    def net_moved(self) -> int:
+        """Ranks that ended the round in another adapter: one pruned from an adapter
+        and re-grown in the same adapter in the same round is no move."""
+        change = Counter(self.expanded)
+        change.subtract(Counter(self.pruned))
+        return sum(n for n in change.values() if n > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -64,6 +64,12 @@ class FolderSource:
                 raise
             raise DataError(f"{self.where}, image {index}: {err}") from err
 
+    def check_files(self) -> None:
+        """A cheap look at every image (not empty, a header that decodes), so that a bad
+        evaluation image stops a run before training rather than after it."""
+        for entry in self.entries:
+            check_image_file(entry.path)
+
 
 def folder_source(root: str | Path, task: TaskLike, split: str) -> FolderSource:
     """The split `split` of `task` under `root`, checked line by line."""
@@ -173,14 +179,31 @@ def image_path(relative: str, folder: Path, where: str) -> Path:
     return path
 
 
-def load_rgb_image(path: Path) -> Image.Image:
-    """The decoded image at `path`, in RGB whatever its mode; `DataError` naming it if unusable."""
+def check_image_file(path: Path) -> None:
+    """`DataError` naming `path` if it is empty or its header does not decode; the pixels
+    are not decoded (that happens when the image is used)."""
+    _check_not_empty(path)
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 -- parsing the header is the check
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(
+            f"cannot decode image {path}: {err}. The file is unreadable or corrupt; re-create the task folder."
+        ) from err
+
+
+def _check_not_empty(path: Path) -> None:
     try:
         size = path.stat().st_size
     except OSError as err:
         raise DataError(f"cannot read image {path}: {err}.") from err
     if size == 0:
         raise DataError(f"image {path} is empty (0 bytes); re-create the task folder.")
+
+
+def load_rgb_image(path: Path) -> Image.Image:
+    """The decoded image at `path`, in RGB whatever its mode; `DataError` naming it if unusable."""
+    _check_not_empty(path)
     try:
         with Image.open(path) as image:
             return rgb_from_pil(image)

@@ -80,6 +80,8 @@ def load_task_data(
     preprocess = Preprocess(image_size, tuple(mean), tuple(std), interpolation)
     # Open the evaluation split first: its errors surface before the slow caching.
     eval_images = open_source(resolved, eval_split, source, data_dir, tfds_dir)
+    if hasattr(eval_images, "check_files"):  # folder images: each one looked at now, not after training
+        eval_images.check_files()
     train_images = open_source(resolved, train_split, source, data_dir, tfds_dir)
     if cache_train:
         description = f"caching {resolved.name} {train_split}"

@@ -36,6 +36,15 @@ def write_figures(results: Results, folder: Path) -> dict[str, Path]:
 def plot_group_means(results: Results, path: Path) -> Path:
     """Bars: the three group means and their mean, one bar per method."""
     plt = _pyplot()
+    fig = group_means_figure(results, plt)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def group_means_figure(results: Results, plt=None):
+    """The figure of :func:`plot_group_means` (a matplotlib Figure, not saved)."""
+    plt = plt or _pyplot()
     categories = [*GROUP_NAMES, "mean of groups"]
     methods = results.methods
     width = 0.8 / len(methods)
@@ -49,17 +58,19 @@ def plot_group_means(results: Results, path: Path) -> Path:
             ax.bar(j + (i - (len(methods) - 1) / 2) * width, agg.value, width, color=f"C{i}", label=label,
                    hatch=None if agg.complete else "//", edgecolor="white" if agg.complete else "black")
             label = None  # one legend entry per method
+    # x in data (the group's slot), y in axes units (just above the axis): the label sits in
+    # its group's empty slot whatever the bars' heights; the limits keep every slot in view.
     for j, category in enumerate(GROUP_NAMES):
         if all(results.group_mean(m, category).value is None for m in methods):
-            ax.text(j, 1, "no results", ha="center", va="bottom", fontsize=8, color="gray")
+            ax.text(j, 0.03, "no results", ha="center", va="bottom", fontsize=8, color="gray",
+                    transform=ax.get_xaxis_transform())
+    ax.set_xlim(-0.5, len(categories) - 0.5)
     ax.set_xticks(range(len(categories)), categories)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"VTAB-1k group means ({results.eval_split} split)", fontsize=10)
     ax.legend(fontsize=8, ncols=min(len(methods), 5), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_per_task(results: Results, path: Path) -> Path:

@@ -1,8 +1,9 @@
 """Running the planned runs one after the other, resumably, surviving failures.
 
-Every run goes through the same ``train`` as ``elalora-vit train``, always with
-``resume=True``: a finished run (``result.json``) is skipped, an interrupted one
-continues from its last epoch's checkpoint, a new one starts.  A run that raises
+Every run goes through the same ``train`` as ``elalora-vit train``: a finished run
+(``result.json``) is skipped, an interrupted one continues from its last epoch's
+checkpoint (``resume=True``), a new one starts (``overwrite=True``, which clears what
+an attempt killed before its first checkpoint left).  A run that raises
 is recorded in ``failed.json`` in its folder and the sweep goes on; the next
 sweep retries it.  Ctrl-C / SIGKILL stop the sweep; starting it again loses at
 most the epoch that was running.
@@ -74,7 +75,10 @@ def run_sweep(runs: Sequence[SweepRun], *, report_dir: str | Path | None = None)
             log.info("[%d/%d] %s: %s (%s)", number, len(runs), run.name, resuming, run.output_dir)
             (run.output_dir / FAILED).unlink(missing_ok=True)
         try:
-            result = train(run.config, resume=True)
+            # Resume what has a checkpoint; start anything else afresh, replacing the files of an
+            # attempt that died before its first checkpoint.
+            resume = run.files.checkpoint.is_file()
+            result = train(run.config, resume=resume, overwrite=not resume)
         except Exception as err:  # one broken run must not stop the others; Ctrl-C still does
             message = _one_line(err)
             summary.failed[run.name] = message

@@ -46,6 +46,7 @@ class HealthMonitor:
         self.log = logger or logging.getLogger(__name__)
         self.skipped_steps = 0
         self.ranks_moved = 0  # ranks granted (ElaLoRA) or pruned (AdaLoRA) by rounds
+        self.ranks_moved_net = 0  # the same, less ranks pruned and re-grown in one adapter in one round
         self.shortfall = 0
         self.nonfinite_after_round = 0
         self.fired: dict[str, int] = {}  # check -> how many times it fired
@@ -67,6 +68,7 @@ class HealthMonitor:
     def after_round(self, record: RoundRecord, model) -> None:
         """Call after every round the allocator ran (``allocator.step`` returned a record)."""
         self.ranks_moved += len(record.pruned) if self._prune_only else len(record.expanded)
+        self.ranks_moved_net += len(record.pruned) if self._prune_only else record.net_moved()
         self.shortfall += record.shortfall
         bad = nonfinite_adapters(model)
         if bad:
@@ -100,6 +102,7 @@ class HealthMonitor:
             checks.update({
                 "rounds": rounds,
                 "ranks_moved": self.ranks_moved,
+                "ranks_moved_net": self.ranks_moved_net,
                 "net_rank_change": net,
                 "shortfall": self.shortfall,
                 "rank_concentration_top10pct": round(concentration(pattern), 4),
@@ -125,6 +128,7 @@ class HealthMonitor:
         return {
             "skipped_steps": self.skipped_steps,
             "ranks_moved": self.ranks_moved,
+            "ranks_moved_net": self.ranks_moved_net,
             "shortfall": self.shortfall,
             "nonfinite_after_round": self.nonfinite_after_round,
             "fired": dict(self.fired),
@@ -137,6 +141,7 @@ class HealthMonitor:
         # .get: checkpoints of the first version lack the newer counters.
         self.skipped_steps = int(state["skipped_steps"])
         self.ranks_moved = int(state.get("ranks_moved", state.get("moved_ranks", 0)))
+        self.ranks_moved_net = int(state.get("ranks_moved_net", self.ranks_moved))
         self.shortfall = int(state.get("shortfall", 0))
         self.nonfinite_after_round = int(state["nonfinite_after_round"])
         self.fired = {k: int(v) for k, v in state.get("fired", {}).items()}

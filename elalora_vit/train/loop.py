@@ -10,8 +10,10 @@ Every epoch ends with an atomic checkpoint, so ``resume=True`` continues a
 stopped run and reaches what an uninterrupted run reaches.
 
 The pieces live beside it: the run's state (state.py), its files (run_files.py),
-checkpoint and resume (resume.py), outputs (outputs.py) and the accelerator,
-finite checks, evaluation and progress bar (runtime.py).
+what may happen to its output folder (run_folder.py: --resume, --overwrite),
+checkpoint and resume (resume.py), outputs (outputs.py), the end-of-run summary
+(summary.py) and the accelerator, finite checks, evaluation and progress bar
+(runtime.py); dry_run.py checks a run's inputs and prints its plan instead.
 """
 
 from __future__ import annotations
@@ -26,38 +28,61 @@ import torch
 import torch.nn.functional as F
 
 from ..core import orthogonal_regularization
-from ..data import load_task_data, resolve_task
-from ..vit import create_backbone, resolve_data_config
+from ..core.errors import first_line
+from ..data import DataError, load_task_data, resolve_task
+from ..vit import check_input_size, create_backbone, resolve_data_config
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
-from .errors import TrainingError
+from .errors import RunInterrupted, TrainingError
 from .health import HealthMonitor
 from .methods import setup_method, total_rank
 from .outputs import append_jsonl, epoch_record, run_result, start_outputs, write_outputs
 from .protocol import run_protocol
 from .resume import resume_from, save_run_checkpoint
 from .run_files import RunFiles
-from .runtime import create_accelerator, evaluate, finite_on_every_process, postfix, progress_bar
+from .run_folder import FINISHED, NOTHING_TO_RESUME, OVERWRITE, RESUME, clear_run_files, run_folder_action
+from .runtime import create_accelerator, evaluate, finite_on_every_process, postfix, process_logger, progress_bar
 from .state import RunState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainingError", "evaluate", "lr_factor", "train"]
+__all__ = ["RunInterrupted", "TrainingError", "evaluate", "lr_factor", "train"]
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, stop_after_epoch: int | None = None
+) -> dict[str, Any]:
     """Fine-tune per ``cfg``; returns the result (also written to ``result.json``).
 
     Args:
-        resume: continue from ``checkpoint.pt`` in the output folder, if there is one.
+        resume: continue from ``checkpoint.pt`` in the output folder; without one, a
+            fresh run starts (and a line says so). A finished run's result is returned
+            as it is, if the settings are the same (see ``run_folder.py``).
+        overwrite: delete the run files in the output folder first. Without
+            ``resume`` or ``overwrite``, a folder holding a run is refused.
         stop_after_epoch: end the process's work after this epoch, as if interrupted
             (for tests and time-sliced schedulers); the checkpoint is written first.
-    """
-    from accelerate.utils import set_seed
 
+    Raises:
+        RunInterrupted: Ctrl-C; it says which epoch ran and which is checkpointed.
+    """
     cfg.validate()
     files = RunFiles(cfg.resolved_output_dir())
-    if files.result.exists():
-        return _finished_run(files, resume)
+    action = run_folder_action(files, cfg.to_dict(), resume=resume, overwrite=overwrite)
+    if action == FINISHED:
+        return json.loads(files.result.read_text())
+    try:
+        return _run(cfg, files, action, stop_after_epoch)
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:  # while building the model or caching the data
+        raise RunInterrupted(files.root, None, None) from None
+
+
+def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int | None) -> dict[str, Any]:
+    """Build, then train and evaluate (the body of :func:`train`)."""
+    from accelerate.utils import set_seed
+
     accelerator = create_accelerator(cfg.precision)
     set_seed(cfg.seed)
     started = time.time()
@@ -68,17 +93,36 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
     steps_per_epoch = math.ceil(len(data.train) / (cfg.optim.batch_size * accelerator.num_processes))
     state = _set_up_run(cfg, model, steps_per_epoch, accelerator, started)
 
-    # ---- resume, first outputs
-    files.root.mkdir(parents=True, exist_ok=True)
-    if resume and files.checkpoint.exists():
-        resume_from(files.checkpoint, cfg, state, accelerator)
-        log.info("resumed %s at epoch %d (step %d)", files.root, state.epoch, state.step)
-    if accelerator.is_main_process:
-        start_outputs(files, cfg, state.metrics)
+    # ---- the folder, resume, first outputs
+    _start_folder(files, action, cfg, state, accelerator)
     state.current_rank = total_rank(state.unwrapped)  # read once here; allocation rounds update it
     progress = progress_bar(cfg, accelerator, steps_per_epoch * cfg.optim.epochs, state.step)
+    try:
+        if not _train_epochs(state, cfg, data, accelerator, progress, files, stop_after_epoch):
+            return {"interrupted_after_epoch": state.epoch}
+        accuracy = _final_evaluation(state, cfg, data, accelerator, files)
+    except KeyboardInterrupt:
+        progress.close()
+        final = state.epoch >= cfg.optim.epochs
+        raise RunInterrupted(files.root, None if final else state.epoch + 1, _checkpoint_epoch(state, files), final) from None
+    last_loss = state.metrics[-1]["train_loss"] if state.metrics else 0.0
+    progress.set_postfix(postfix(last_loss, 1, accuracy, state.scheduler, state.current_rank))  # ends on the final top-1
+    progress.close()
 
-    # ---- the loop: an epoch of steps, its metrics line, a checkpoint
+    # ---- final outputs
+    if state.metrics:  # the last line of metrics.jsonl holds the final top-1 (write_outputs rewrites it)
+        state.metrics[-1].update(eval_acc=accuracy, eval_split=cfg.data.eval_split)
+    result = {**run_result(cfg, files, state, accuracy), "protocol": protocol}
+    if accelerator.is_main_process:
+        write_outputs(files, cfg, state, result)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _train_epochs(state: RunState, cfg: TrainConfig, data, accelerator, progress, files: RunFiles,
+                  stop_after_epoch: int | None) -> bool:
+    """The loop: an epoch of steps, its metrics line, a checkpoint. False when it
+    stopped early at ``stop_after_epoch``."""
     while state.epoch < cfg.optim.epochs:
         train_loss = _train_epoch(state, cfg, data.train, accelerator, progress, files)
         state.epoch += 1
@@ -92,29 +136,51 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
         save_run_checkpoint(files.checkpoint, cfg, state, accelerator)
         if stop_after_epoch is not None and stop_after_epoch <= state.epoch < cfg.optim.epochs:
             progress.close()
-            return {"interrupted_after_epoch": state.epoch}
-    progress.close()
+            return False
+    return True
 
-    # ---- final evaluation and outputs
-    accuracy = evaluate(state.model, data.eval, cfg, accelerator)
-    result = {**run_result(cfg, files, state, accuracy), "protocol": protocol}
+
+def _final_evaluation(state: RunState, cfg: TrainConfig, data, accelerator, files: RunFiles) -> float:
+    """Top-1 at the end. Image files were checked before training, but one corrupt past
+    its header is found only now: say that training is safe and how to evaluate again."""
+    try:
+        return evaluate(state.model, data.eval, cfg, accelerator)
+    except DataError as err:
+        raise DataError(
+            f"{first_line(err)} Training finished and is saved ({files.checkpoint}, epoch {state.checkpoint_epoch}): "
+            "fix the file, then run the same command with --resume to evaluate again"
+        ) from err
+
+
+def _checkpoint_epoch(state: RunState, files: RunFiles) -> int | None:
+    """The epoch of the checkpoint on disk when Ctrl-C came. Read from the file only if
+    Ctrl-C came while it was being written (it is the old one or the new one)."""
+    if state.checkpoint_epoch == state.epoch or not files.checkpoint.exists():
+        return state.checkpoint_epoch
+    try:
+        return int(load_checkpoint(files.checkpoint)["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return state.checkpoint_epoch
+
+
+def _start_folder(files: RunFiles, action: str, cfg: TrainConfig, state: RunState, accelerator) -> None:
+    """Clear (``--overwrite``) or resume the output folder, then write the first outputs."""
     if accelerator.is_main_process:
-        write_outputs(files, cfg, state, result)
+        if action == OVERWRITE:
+            clear_run_files(files)
+            log.info("--overwrite: deleted the earlier run's files in %s", files.root)
+        files.root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    return result
+    if action == RESUME:
+        resume_from(files.checkpoint, cfg, state, accelerator)
+        log.info("resumed %s at epoch %d (step %d)", files.root, state.epoch, state.step)
+    elif action == NOTHING_TO_RESUME and accelerator.is_main_process:
+        log.warning("--resume: no checkpoint in %s, nothing to resume; starting a fresh run", files.root)
+    if accelerator.is_main_process:
+        start_outputs(files, cfg, state.metrics)
 
 
 # ------------------------------------------------------------------------------ pieces
-def _finished_run(files: RunFiles, resume: bool) -> dict[str, Any]:
-    """A finished run's result, for ``resume``; without it, an error that protects the run."""
-    if not resume:
-        raise TrainingError(
-            f"{files.root} already holds a finished run ({files.result.name}); "
-            "choose another --output, delete the folder, or pass --resume to keep it"
-        )
-    return json.loads(files.result.read_text())
-
-
 def _build_model_and_data(cfg: TrainConfig, accelerator):
     """The backbone and the task's data, normalised and sized as the backbone expects.
     The backbone comes first: missing pretrained weights fail fast, before the data is cached."""
@@ -127,6 +193,7 @@ def _build_model_and_data(cfg: TrainConfig, accelerator):
         **cfg.model.kwargs,
     )
     spec = resolve_data_config(model, cfg.data)
+    check_input_size(model, spec.image_size, cfg.model.name)  # before the data is cached
     data = load_task_data(
         task,
         source=cfg.data.source,
@@ -150,7 +217,7 @@ def _set_up_run(cfg: TrainConfig, model, steps_per_epoch: int, accelerator, star
     optimizer = torch.optim.AdamW(method.param_groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, total_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    health = HealthMonitor(method.allocator, log)
+    health = HealthMonitor(method.allocator, process_logger(log, accelerator))
     return RunState(model, optimizer, scheduler, method, health, started=started)
 
 

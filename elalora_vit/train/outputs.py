@@ -24,8 +24,12 @@ from .state import RunState
 def start_outputs(files: RunFiles, cfg: TrainConfig, metrics: list[dict[str, Any]]) -> None:
     """Write the settings, and the metrics lines of the epochs the checkpoint holds: a
     resumed run drops lines of an epoch that ended after its last checkpoint."""
-    atomic_write_text(files.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
+    write_metrics(files, metrics)
     atomic_write_text(files.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def write_metrics(files: RunFiles, metrics: list[dict[str, Any]]) -> None:
+    atomic_write_text(files.metrics, "".join(json.dumps(m) + "\n" for m in metrics))
 
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
@@ -49,6 +53,7 @@ def epoch_record(state: RunState, train_loss: float) -> dict[str, Any]:
 def run_result(cfg: TrainConfig, files: RunFiles, state: RunState, accuracy: float) -> dict[str, Any]:
     """The run's summary, as ``train`` returns it and result.json holds it."""
     pattern = final_rank_pattern(state.unwrapped)
+    health = state.health.summary()
     return {
         "task": cfg.data.task,
         "method": cfg.method,
@@ -59,10 +64,13 @@ def run_result(cfg: TrainConfig, files: RunFiles, state: RunState, accuracy: flo
         "total_rank": sum(pattern.values()) if pattern else None,
         "rank_pattern": pattern,
         "rounds": len(state.allocator.history) if state.allocator is not None else 0,
+        "ranks_moved": health.get("ranks_moved_net", 0),  # net: a rank pruned and re-grown in one round is no move
+        "ranks_moved_gross": health.get("ranks_moved", 0),
+        "best_epoch": best_epoch(state.metrics),
         "steps": state.step,
         "epochs": cfg.optim.epochs,
         "skipped_steps": state.health.skipped_steps,
-        "health": state.health.summary(),
+        "health": health,
         "model": cfg.model.name,
         "pretrained": bool(cfg.model.pretrained or cfg.model.checkpoint),
         "wall_time_s": round(time.time() - state.started, 2),
@@ -85,7 +93,14 @@ def write_outputs(files: RunFiles, cfg: TrainConfig, state: RunState, result: di
         title = f"{cfg.data.task} / {cfg.method}: rank per adapter"
         initial_rank = method.adapter_config.rank if allocator is not None else None
         write_rank_heatmap(result["rank_pattern"], files.heatmap, title, initial_rank)
+    write_metrics(files, state.metrics)  # its last line now carries the final top-1
     atomic_write_json(files.result, result)
+
+
+def best_epoch(metrics: list[dict[str, Any]]) -> int | None:
+    """The (first) epoch of the highest evaluation top-1 (the final one included)."""
+    scored = [m for m in metrics if m.get("eval_acc") is not None]
+    return max(scored, key=lambda m: m["eval_acc"])["epoch"] if scored else None
 
 
 def write_rank_heatmap(pattern: Mapping[str, float], path: Path, title: str, initial_rank: float | None) -> Path | None:

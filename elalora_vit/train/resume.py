@@ -22,6 +22,7 @@ def save_run_checkpoint(path: Path, cfg: TrainConfig, state: RunState, accelerat
     if accelerator.is_main_process:
         save_checkpoint(path, checkpoint_state(cfg, state, accelerator))
     accelerator.wait_for_everyone()
+    state.checkpoint_epoch = state.epoch
 
 
 def checkpoint_state(cfg: TrainConfig, state: RunState, accelerator) -> dict[str, Any]:
@@ -76,6 +77,7 @@ def restore(state: RunState, saved: dict[str, Any], accelerator) -> None:
     state.health.load_state_dict(saved["health"])
     torch.set_rng_state(saved["torch_rng"])
     state.epoch, state.step = int(saved["epoch"]), int(saved["step"])
+    state.checkpoint_epoch = state.epoch
     state.metrics = list(saved["metrics"])
     state.started -= float(saved["wall_time"])
     state.last_eval = state.metrics[-1].get("eval_acc") if state.metrics else None

@@ -3,6 +3,8 @@ check that a step is finite on every process, evaluation, and the progress bar."
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -20,6 +22,16 @@ def create_accelerator(precision: str):
     cpu = _cpu_only(precision)
     AcceleratorState._reset_state()  # keeps the distributed (process group) state
     return Accelerator(mixed_precision=_mixed_precision(precision), cpu=cpu)
+
+
+def process_logger(logger: logging.Logger, accelerator) -> logging.Logger:
+    """``logger`` on the main process; elsewhere a silent one, since every process of a
+    distributed run sees the same events and would repeat the same warnings."""
+    if accelerator.is_main_process:
+        return logger
+    quiet = logging.getLogger(f"{logger.name}.other_processes")
+    quiet.disabled = True
+    return quiet
 
 
 def _mixed_precision(precision: str) -> str:

@@ -31,6 +31,7 @@ class RunState:
     bad_in_a_row: int = 0  # non-finite steps since the last good one
     last_eval: float | None = None  # top-1 of the latest evaluation during training
     current_rank: int | None = None  # total adapter rank; changes only in an allocation round
+    checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk (None: none yet)
 
     @property
     def allocator(self) -> RankAllocator | None:

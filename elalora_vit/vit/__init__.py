@@ -13,7 +13,7 @@ and :func:`resolve_data_config` (:mod:`.data_config`): the input size, interpola
 mean and std the model's weights expect. Every failure raises :class:`BackboneError`.
 """
 
-from .data_config import DataSpec, resolve_data_config
+from .data_config import DataSpec, check_input_size, resolve_data_config
 from .errors import BackboneError
 from .facts import block_index_and_kind, default_targets, head_module_names
 from .factory import DEFAULT_MODEL, create_backbone
@@ -29,5 +29,6 @@ __all__ = [
     "default_targets",
     "head_module_names",
     "resolve_data_config",
+    "check_input_size",
     "block_index_and_kind",
 ]

@@ -55,3 +55,26 @@ def _input_size(model: nn.Module, timm_cfg: dict[str, Any]) -> int:
     if size:
         return int(size[0] if isinstance(size, (tuple, list)) else size)
     return int(timm_cfg.get("input_size", (3, 224, 224))[-1])
+
+
+def check_input_size(model: nn.Module, image_size: int, model_name: str = "the model") -> None:
+    """Refuse an input size the model cannot take, before any work: a timm ViT built for
+    ``patch_embed.img_size`` (without ``dynamic_img_size``) asserts on other sizes only
+    at its first forward pass, after the data is cached.
+
+    Raises:
+        ConfigError: the sizes differ; names both and the keys that set them.
+    """
+    from ..core.config import ConfigError
+
+    patch_embed = getattr(model, "patch_embed", None)
+    built_for = getattr(patch_embed, "img_size", None)
+    if not built_for or not getattr(patch_embed, "strict_img_size", False):
+        return  # not a ViT with a fixed input size, or one built to take any size
+    side = built_for[0] if isinstance(built_for, (tuple, list)) else built_for
+    if int(side) != int(image_size):
+        raise ConfigError(
+            f"data.image_size is {image_size}, but {model_name} is built for {side} x {side} inputs "
+            f"(patch_embed.img_size); set data.image_size to {side} (or leave it unset to take the model's), "
+            f"or build the model for {image_size} with model.kwargs.img_size: {image_size}"
+        )

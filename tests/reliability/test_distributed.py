@@ -70,6 +70,10 @@ def test_two_processes_make_identical_decisions_and_hold_identical_adapters(task
     result = json.loads((out / "result.json").read_text())
     assert result["rank_pattern"] == f0["rank_pattern"] and result["skipped_steps"] == 1
     assert json.loads((out / "rank_history.json").read_text()) == f0["history"]
+    # only the main process reports: one summary, one result line, one warning for the skipped step
+    assert sum(line.startswith('{"task"') for line in done.stdout.splitlines()) == 1, done.stdout
+    assert done.stdout.count("outputs in ") == 1, done.stdout
+    assert done.stderr.count("non-finite loss or gradient, step skipped") == 1, done.stderr[-3000:]
 
 
 def test_a_non_finite_loss_on_one_process_makes_every_process_skip_the_step(task_root, tmp_path):

@@ -193,17 +193,39 @@ def test_bad_data_stops_the_run_before_it_writes_anything(damage, task_root, tmp
     assert snapshot(root) == before
 
 
-def test_bad_evaluation_image_stops_the_run_at_evaluation_and_resume_finishes_it(task_root, tmp_path):
-    """Evaluation images are decoded when evaluated: the error comes after training, with
-    the last checkpoint intact, and ``resume`` only evaluates once the image is fixed."""
+@pytest.mark.parametrize("content, message", [
+    (b"", r"image .*test/000003\.png is empty \(0 bytes\)"),
+    (b"not an image at all", r"cannot decode image .*test/000003\.png"),
+])
+def test_bad_evaluation_image_stops_the_run_before_training(content, message, task_root, tmp_path):
+    """Evaluation images are looked at (not empty, a header that decodes) before training."""
+    root, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(task_root / TASK, root / TASK)
+    (root / TASK / "images" / "test" / "000003.png").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        train(load_config(None, tiny_overrides(root, out)))
+    assert not out.exists()
+
+
+def test_evaluation_image_corrupt_past_its_header_stops_at_evaluation_and_resume_finishes_it(task_root, tmp_path):
+    """An image whose header reads but whose pixels do not is found at evaluation: the error
+    says training is saved and --resume evaluates again once the image is fixed."""
     root, out = tmp_path / "data", tmp_path / "run"
     shutil.copytree(task_root / TASK, root / TASK)
     image = root / TASK / "images" / "test" / "000003.png"
     good = image.read_bytes()
-    image.write_bytes(b"")
+    image.write_bytes(good[:60])  # the PNG header and part of the pixels
     cfg = tiny_overrides(root, out)
-    with pytest.raises(DataError, match=r"image .*test/000003\.png is empty \(0 bytes\)"):
+    with pytest.raises(DataError, match=r"000003\.png.*Training finished and is saved .*epoch 3.*--resume"):
         train(load_config(None, cfg))
     assert not (out / "result.json").exists() and load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
     image.write_bytes(good)
     assert train(load_config(None, cfg), resume=True)["steps"] == 12
+
+
+def test_input_size_mismatch_stops_before_any_work(task_root, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(task_root, out, **{"data.image_size": 224}))
+    with pytest.raises(ConfigError, match=r"data\.image_size is 224, but vit_tiny_patch16_224 is built for 32 x 32"):
+        train(cfg)
+    assert not out.exists()

@@ -15,7 +15,7 @@ def test_quickstart_config_learns_and_moves_ranks(tmp_path, capsys):
         "--set", "optim.epochs=6", "--set", "eval_every=0",
     ])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])  # the JSON line comes last, after the summary
     assert summary["task"] == "digits" and summary["method"] == "elalora"
     assert summary["accuracy"] > 40.0  # 10 classes: chance is 10%
     result = json.loads((tmp_path / "qs" / "result.json").read_text())
