@@ -471,8 +471,14 @@ def _vtab_tune(args: argparse.Namespace) -> int:
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
     plan = plan_tune(args.tasks, args.methods, args.seeds, search_space=args.search_space, output=args.output,
                      config=args.config, overrides=overrides, presets=presets, budget_match=args.budget_match)
-    summary = run_tune(plan, stage=args.stage, shard=parse_shard(args.shard) if args.shard else None,
-                       report=not args.no_report)
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.dry_run:
+        from .sweep.tune import dry_run_tune
+
+        lines, ok = dry_run_tune(plan, stage=args.stage, shard=shard)
+        print("\n".join(lines))
+        return 0 if ok else 1
+    summary = run_tune(plan, stage=args.stage, shard=shard, report=not args.no_report)
     if is_main_process():
         print("\n".join(summary.lines()))
     return 0 if summary.ok else 1
@@ -502,6 +508,10 @@ def _add_tune(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML applied to every run, over the per-task presets")
     p.add_argument("--output", metavar="DIR", default="runs/vtab-tune", help="tuning folder (default runs/vtab-tune)")
     p.add_argument("--shard", metavar="I/N", help="do only shard I of N of each stage (1-based), e.g. for Slurm arrays")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list stage 1's settings and runs and the stage-2 runs whose choice is made, with their "
+                        "status, and check their data and weights as vtab-sweep --dry-run does; run and write "
+                        "nothing (exit code 1 if a check fails)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run")
     p.add_argument("--presets", metavar="DIR", help="folder of per-task presets (default configs/vtab; 'none': none)")
     p.add_argument("--budget-match", action="store_true",

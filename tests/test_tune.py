@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -205,3 +206,31 @@ def test_budget_match_sets_loras_stage2_rank_from_elaloras_parameters(tmp_path, 
                                       "lora_trainable_params": at_rank_3}
     with pytest.raises(ConfigError, match="select both methods"):
         plan_tune("dtd", "lora", [0], search_space=space, output=tmp_path / "x", presets=None, budget_match=True)
+
+
+def test_dry_run_lists_both_stages_checks_data_and_writes_nothing(tmp_path, data_root, space, capsys):
+    output = tmp_path / "tune"
+    args = tune_args(output, space, data_root) + ["--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "elalora: 2: optim.lr=0.001; optim.lr=0.05" in out
+    assert "4 runs (0 done, 0 partial, 0 failed, 4 new)" in out  # stage 1: 2 tasks x 2 settings, seed 0
+    assert "0 of 4 runs ready, 2 task x method(s) wait for stage 1" in out
+    assert "ok       dtd" in out and "ok       eurosat" in out and "PROBLEM" not in out
+    assert not output.exists()  # nothing run, not even tune.json
+
+    plan = plan_tune(TASKS, METHODS, [0, 1], search_space=space, output=output, presets=None,
+                     overrides={**TINY, "data.data_dir": str(data_root)})
+    for run in plan.stage1:  # stage 1 "done": lr 0.05 wins on both tasks
+        run.output_dir.mkdir(parents=True)
+        run.files.result.write_text(json.dumps({"accuracy": 60.0 if "0.05" in run.setting else 50.0,
+                                                "eval_split": "val200"}))
+    assert main(args + ["--stage", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 4 runs ready" in out and "stage 1 (" not in out
+    assert re.search(rf"new +dtd/elalora/seed1 +{re.escape(str(output / 'stage2' / 'dtd'))}", out)
+    assert "lr 0.05" in out and not (output / "chosen").exists()
+
+    shutil.rmtree(data_root / "eurosat")
+    assert main(args + ["--stage", "1"]) == 1
+    assert "PROBLEM  eurosat" in capsys.readouterr().out

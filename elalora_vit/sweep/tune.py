@@ -299,9 +299,10 @@ def matched_budget(plan: TunePlan, task: str) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- stage 2
-def plan_stage2(plan: TunePlan) -> tuple[list[SweepRun], list[str]]:
-    """Stage 2's runs of every task x method whose choice is made (and written), and
-    the names of those still waiting for stage 1."""
+def plan_stage2(plan: TunePlan, *, write: bool = True) -> tuple[list[SweepRun], list[str]]:
+    """Stage 2's runs of every task x method whose choice is made (and written, unless
+    ``write`` is false: --dry-run writes nothing), and the names of those still waiting
+    for stage 1."""
     runs, waiting = [], []
     for task in plan.tasks:
         for method in plan.methods:
@@ -310,8 +311,12 @@ def plan_stage2(plan: TunePlan) -> tuple[list[SweepRun], list[str]]:
             if choice is None or (plan.budget_match and method == "lora" and budget is None):
                 waiting.append(f"{task}/{method}")
                 continue
-            write_choice(plan, choice, budget)
-            overrides = {**plan.plan_args["overrides"], **read_choice(plan, task, method), **STAGE2_SPLITS}
+            if write:
+                write_choice(plan, choice, budget)
+                chosen = read_choice(plan, task, method)
+            else:
+                chosen = {**choice.values, **({"adapter.rank": budget["adapter.rank"]} if budget else {})}
+            overrides = {**plan.plan_args["overrides"], **chosen, **STAGE2_SPLITS}
             runs += plan_sweep([task], [method], plan.seeds, output=plan.stage2_dir, overrides=overrides,
                                config=plan.plan_args["config"], presets=plan.plan_args["presets"])
     return runs, waiting
@@ -360,11 +365,48 @@ def run_tune(plan: TunePlan, *, stage: str = "all", shard: tuple[int, int] | Non
         summary.stage1 = run_sweep(runs)
     if stage in ("2", "all"):
         runs, summary.waiting = plan_stage2(plan)
-        if shard is not None:  # shard the full stage-2 list, so shards agree whatever is ready
-            everyone = [(t, m, s) for t in plan.tasks for m in plan.methods for s in plan.seeds]
-            mine = set(everyone[shard[0] - 1 :: shard[1]])
-            runs = [r for r in runs if (r.task, r.method, r.seed) in mine]
+        runs = shard_stage2(plan, runs, shard)
         if runs:
             preflight(runs)
         summary.stage2 = run_sweep(runs, report_dir=plan.stage2_dir if report and runs else None)
     return summary
+
+
+def shard_stage2(plan: TunePlan, runs: Sequence[SweepRun], shard: tuple[int, int] | None) -> list[SweepRun]:
+    """The stage-2 runs of ``shard``: the full task x method x seed list is sharded, so
+    shards agree whatever is ready."""
+    if shard is None:
+        return list(runs)
+    everyone = [(t, m, s) for t in plan.tasks for m in plan.methods for s in plan.seeds]
+    mine = set(everyone[shard[0] - 1 :: shard[1]])
+    return [r for r in runs if (r.task, r.method, r.seed) in mine]
+
+
+def dry_run_tune(plan: TunePlan, *, stage: str = "all", shard: tuple[int, int] | None = None) -> tuple[list[str], bool]:
+    """What ``vtab-tune --dry-run`` prints, and whether its checks pass: the settings of
+    stage 1 and its runs with their status, the stage-2 runs whose choice is made (and
+    the task x methods still waiting for stage 1), then vtab-sweep's data and weights
+    checks of the runs listed. Nothing is run or written."""
+    from .checks import check_runs
+    from .plan import describe_plan
+
+    shard_text = f"{shard[0]}/{shard[1]}" if shard else None
+    lines, listed = [], []
+    if stage in ("1", "all"):
+        lines.append(f"stage 1 (train800 -> val200, seed {plan.seeds[0]}), settings per method:")
+        for method in plan.methods:
+            names = [setting_name(s) for s in settings(plan.space[method])]
+            lines.append(f"  {method}: {len(names)}: {'; '.join(names)}")
+        runs = plan.stage1 if shard is None else shard_runs(plan.stage1, *shard)
+        lines.append(describe_plan(runs, len(plan.stage1), shard_text))
+        listed += runs
+    if stage in ("2", "all"):
+        ready, waiting = plan_stage2(plan, write=False)
+        runs = shard_stage2(plan, ready, shard)
+        total = len(plan.tasks) * len(plan.methods) * len(plan.seeds)
+        lines.append(f"stage 2 (train800val200 -> test, seeds {' '.join(map(str, plan.seeds))}): "
+                     f"{len(ready)} of {total} runs ready, {len(waiting)} task x method(s) wait for stage 1")
+        lines.append(describe_plan(runs, len(ready), shard_text))
+        listed += runs
+    checks, ok = check_runs(listed) if listed else (["checks: no run listed"], True)
+    return lines + checks, ok
