@@ -257,8 +257,8 @@ HANDLERS = {
 
 
 # ------------------------------------------------------------------ python <folder>/<script>.py
-def run_script(argv: list[str], workdir: Path, timeout: float = 300) -> None:
-    """``python SCRIPT ARGS`` in the scratch folder, with this checkout importable."""
+def run_script(argv: list[str], workdir: Path, timeout: float = 300) -> str:
+    """``python SCRIPT ARGS`` in the scratch folder, with this checkout importable; its stdout."""
     import os
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
