@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..core.config import ConfigError, upgrade_schedule_key
 from ..core.errors import first_line
 from ..core.files import atomic_write
 
@@ -61,7 +62,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_same_run(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint written with different settings."""
+    """Refuse to resume a checkpoint written with different settings (a checkpoint of an
+    older version, with the deprecated ``adapter.cubic_schedule``, resumes as its ``schedule``)."""
+    saved_config = _upgraded(saved_config)
     differences = []
     for key in RESUME_KEYS:
         theirs, mine = _get(saved_config, key), _get(config, key)
@@ -73,6 +76,16 @@ def check_same_run(saved_config: dict[str, Any], config: dict[str, Any], path: P
             + "; ".join(differences[:4])
             + "); use another output folder or the original settings"
         )
+
+
+def _upgraded(saved_config: Any) -> Any:
+    adapter = saved_config.get("adapter") if isinstance(saved_config, dict) else None
+    if not isinstance(adapter, dict):
+        return saved_config
+    try:
+        return {**saved_config, "adapter": upgrade_schedule_key(adapter, warn=False)}
+    except ConfigError:  # a hand-edited value: the comparison below names the difference
+        return saved_config
 
 
 def _get(config: dict[str, Any], dotted: str) -> Any:

@@ -13,7 +13,15 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..core.config import ConfigError, ElaLoRAConfig, check_adapter_values, check_value, document_fields, setting
+from ..core.config import (
+    ConfigError,
+    ElaLoRAConfig,
+    check_adapter_values,
+    check_value,
+    document_fields,
+    setting,
+    upgrade_schedule_key,
+)
 from ..core.registry import get_method, method_names
 from ..data import SOURCES
 from ..vit import DEFAULT_MODEL
@@ -130,8 +138,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        return _build(cls, values, "")
+    def from_dict(cls, values: Mapping[str, Any], *, warn: bool = True) -> "TrainConfig":
+        """The config of ``values`` (as :meth:`to_dict` writes it); the deprecated
+        ``adapter.cubic_schedule`` is read as ``adapter.schedule`` (quietly with ``warn=False``)."""
+        return _build(cls, upgrade_deprecated_keys(values, warn=warn), "")
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir.format(task=self.data.task, method=self.method, seed=self.seed))
@@ -175,6 +185,16 @@ class TrainConfig:
             stabilize_steps=steps_of(a.stabilize, total_steps),
             seed=self.seed,
         )
+
+
+def upgrade_deprecated_keys(values: Mapping[str, Any], *, warn: bool = True) -> dict[str, Any]:
+    """A config mapping with deprecated keys replaced by their successors (see
+    :func:`~elalora_vit.core.config.upgrade_schedule_key`): also reads old config.yaml
+    files and checkpoints."""
+    values = dict(values)
+    if isinstance(values.get("adapter"), Mapping):
+        values["adapter"] = upgrade_schedule_key(values["adapter"], warn=warn, where="adapter.")
+    return values
 
 
 def steps_of(value: float, total_steps: int) -> int:
