@@ -1,5 +1,5 @@
 """What a run leaves for people and tools to read: config.yaml and metrics.jsonl while
-it trains, then result.json, rank_history.json, the rank heatmap and the trained
+it trains, then result.json, rank_history.json, the rank figures and the trained
 adapters (or weights). Every file but the appended metrics is written atomically."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..core import save_adapters
+from ..core import find_adapters, save_adapters
 from ..core.files import atomic_write, atomic_write_json, atomic_write_text
 from .config import ADAPTER_METHODS, TrainConfig
 from .heatmap import plot_rank_heatmap, rank_matrix
 from .methods import final_rank_pattern, trainable_parameter_count
+from .run_figures import write_run_figures
 from .run_files import RunFiles
 from .state import RunState
 
@@ -81,10 +82,16 @@ def write_outputs(files: RunFiles, cfg: TrainConfig, state: RunState, result: di
         trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         atomic_write(files.weights, lambda tmp: save_file(trainable, str(tmp)))
     if result["rank_pattern"]:  # the adapter methods
-        atomic_write_json(files.history, [r.to_dict() for r in allocator.history] if allocator is not None else [])
-        title = f"{cfg.data.task} / {cfg.method}: rank per adapter"
+        history = [r.to_dict() for r in allocator.history] if allocator is not None else []
+        atomic_write_json(files.history, history)
+        label = f"{cfg.data.task} / {cfg.method}"
+        capacity = sum(a.layer.capacity for a in find_adapters(model))
+        title = f"{label}: final ranks, total {result['total_rank']} of capacity {capacity}"
         initial_rank = method.adapter_config.rank if allocator is not None else None
         write_rank_heatmap(result["rank_pattern"], files.heatmap, title, initial_rank)
+        if allocator is not None:  # ranks moved: how, and on which scores
+            write_run_figures(files.rank_evolution, files.importance_scores, history, result["rank_pattern"],
+                              method.adapter_config, allocator.total_steps, label)
     atomic_write_json(files.result, result)
 
 
