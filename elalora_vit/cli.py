@@ -185,6 +185,7 @@ SWEEP_EXAMPLES = """examples:
   elalora-vit vtab-sweep --dry-run                                   # all 19 tasks x 5 methods, seed 0
   elalora-vit vtab-sweep --tasks natural dtd --methods elalora lora --seeds 0 1 2
   elalora-vit vtab-sweep --shard $SLURM_ARRAY_TASK_ID/8              # with sbatch --array=1-8
+  elalora-vit vtab-sweep --tasks dtd --methods elalora --grid adapter.b=2,4,8   # a study: one variant per value
   elalora-vit vtab-sweep --set data.train_split=train800 --set data.eval_split=val200 --output runs/vtab-val
   accelerate launch --multi_gpu --num_processes 4 -m elalora_vit.cli vtab-sweep --shard 1/2   # each run on 4 GPUs
   elalora-vit vtab-report runs/vtab
@@ -193,6 +194,7 @@ SWEEP_EXAMPLES = """examples:
 
 def _vtab_sweep(args: argparse.Namespace) -> int:
     from .sweep import plan_sweep, run_sweep
+    from .sweep.grid import parse_grid
     from .sweep.plan import DEFAULT_PRESETS, describe_plan
     from .sweep.runner import is_main_process
     from .train.config import parse_override
@@ -201,7 +203,7 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
-    plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets)
+    plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets, grid=parse_grid(args.grid or []))
     runs = plan_sweep(args.tasks, args.methods, args.seeds, shard=args.shard, **plan)
     if args.dry_run:
         total = len(plan_sweep(args.tasks, args.methods, args.seeds, **plan)) if args.shard else len(runs)
@@ -249,6 +251,10 @@ def _add_sweep(sub) -> None:
                    help="do only shard I of N (1-based; round-robin over the ordered run list), e.g. for Slurm arrays")
     p.add_argument("--dry-run", action="store_true", help="list the runs, their folders and status (done/partial/new); run nothing")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run (repeatable)")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="run every combination of these values as variants of each method, e.g. --grid adapter.b=2,4 "
+                        "--grid adapter.k=1,2 (repeatable; also a 'grid:' mapping in --config); each variant has "
+                        "its own folder and report column, named like elalora[adapter.b=2,adapter.k=1]")
     p.add_argument("--presets", metavar="DIR",
                    help="folder of per-task presets <task>.yaml (default: the repository's configs/vtab; 'none': no presets)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")

@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Mapping
 from ..core.files import atomic_write
 from ..core.registry import get_method, method_names
 from ..train.heatmap import plot_rank_heatmap
+from .grid import base_method
 from .results import GROUP_NAMES, Results
 
 GROUP_MEANS = "group_means.png"
@@ -87,6 +88,7 @@ def plot_per_task(results: Results, path: Path) -> Path:
 
 
 def _ranks_move(method: str) -> bool:
+    method = base_method(method)  # a grid variant moves ranks if its method does
     return method in method_names() and get_method(method).allocator is not None
 
 
@@ -102,7 +104,8 @@ def plot_mean_rank_heatmap(results: Results, method: str, path: Path) -> Path | 
         return None
     initial = {run.initial_rank for task in results.tasks if (cell := results.cell(task, method)) for run in cell.runs}
     # a pruning method starts above its final rank: its start is no reference line
-    prunes_from_above = method in method_names() and get_method(method).init_rank_factor is not None
+    base = base_method(method)
+    prunes_from_above = base in method_names() and get_method(base).init_rank_factor is not None
     initial_rank = initial.pop() if not prunes_from_above and len(initial) == 1 else None
     return plot_rank_heatmap(mean_pattern(per_task), path, title=f"{method}: mean final rank over {len(per_task)} task(s)",
                              initial_rank=initial_rank)

@@ -13,14 +13,15 @@ from .formatting import cell_text, fmt, markdown_table, signed
 from .published import PUBLISHED
 from .results import GROUP_NAMES, Results
 from .tables import BASELINE, comparison, cost_table, per_task_table, summary_table
+from .variants import variants_section
 
 
 def results_markdown(results: Results, figures: dict[str, Path] | None = None) -> str:
     """The whole ``results.md``."""
     sections = [_intro(results)]
     if results.runs:
-        sections += [_verdict(results), summary_table(results), comparison(results), per_task_table(results),
-                     cost_table(results)]
+        sections += [_verdict(results), summary_table(results), comparison(results), variants_section(results),
+                     per_task_table(results), cost_table(results)]
     sections += [_figures(results, figures or {}), _failures(results), _notes(results)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
