@@ -9,6 +9,9 @@ import pytest
 import yaml
 
 from elalora_vit.cli import main
+from elalora_vit.core import patch_model
+from elalora_vit.vit import block_index_and_kind
+from tests.conftest import make_tiny_vit
 from elalora_vit.core.config import ConfigError
 from elalora_vit.sweep import collect_results, plan_sweep, run_sweep, shard_runs, write_report
 from elalora_vit.sweep.grid import Variant, base_method, expand_grid, format_value, parse_grid
@@ -137,3 +140,31 @@ def test_report_orders_variants_by_mean_of_group_means_with_paired_differences(t
     assert b8.startswith("| elalora[adapter.b=8] | 68.3 | +5.0 (1/7) | +10.0 (1/4) | +10.0 (1/8) | **+8.3** |")
     assert b2.startswith("| elalora[adapter.b=2] |") and "| **+0.7** | -1.0 … +2.0 | 2 / 1 / 0 |" in b2
     assert "elalora − elalora[" not in md  # variants are not among "the others"
+
+
+def test_a_variant_equal_to_the_default_setting_is_not_run_twice(tmp_path):
+    runs = plan_sweep("dtd", "elalora", [0], output=tmp_path, presets=None, grid={"adapter.b": [2, 4], "adapter.k": [2]})
+    assert [r.label for r in runs] == ["elalora", "elalora[adapter.b=2,adapter.k=2]"]  # b=4, k=2 is the default
+
+
+@pytest.mark.parametrize("preset", ["no-fc1", "no-attn-proj", "attention-only", "mlp-only", "schedule-shapes", "k-b-values"])
+def test_ablation_presets_plan_and_name_the_paper(preset, tmp_path):
+    from tests.test_sweep import REPO
+
+    path = REPO / "configs" / "ablations" / f"{preset}.yaml"
+    text = path.read_text()
+    assert "ElaLoRA paper" in text and f"--config configs/ablations/{preset}.yaml" in text
+    runs = plan_sweep("dtd", "elalora", [0], output=tmp_path, config=path)
+    assert runs[0].label == "elalora"
+    if preset == "schedule-shapes":
+        assert [r.config.adapter.schedule for r in runs] == ["cubic", "linear", "cosine", "constant"]
+    if preset == "k-b-values":
+        assert len(runs) == 9 and {(r.config.adapter.k, r.config.adapter.b) for r in runs} == {
+            (k, b) for k in (1, 2, 4) for b in (2, 4, 8)}
+    kinds = {"no-fc1": ["q", "k", "v", "proj", "fc2"], "no-attn-proj": ["q", "k", "v", "fc1", "fc2"],
+             "attention-only": ["q", "k", "v", "proj"], "mlp-only": ["fc1", "fc2"]}
+    if preset in kinds:  # the targets adapt exactly these kinds of a timm ViT's blocks
+        model = make_tiny_vit(depth=2)
+        adapters = patch_model(model, runs[0].config.model.targets, split=runs[0].config.model.split)
+        assert sorted({block_index_and_kind(a.name) for a in adapters}) == sorted(
+            (block, kind) for block in (0, 1) for kind in kinds[preset])

@@ -24,7 +24,7 @@ from ..core.config import ConfigError
 from ..data.tasks import selected_tasks
 from ..train.config import METHODS, TrainConfig, load_config, read_yaml
 from ..train.run_files import RunFiles
-from .grid import GRID_KEY, expand_grid, grid_from_config
+from .grid import GRID_KEY, Variant, expand_grid, grid_from_config
 
 DEFAULT_OUTPUT = "runs/vtab"
 DEFAULT_PRESETS = Path(__file__).resolve().parents[2] / "configs" / "vtab"
@@ -133,14 +133,32 @@ def plan_sweep(
         preset = preset_dir / f"{task}.yaml" if preset_dir is not None else None
         preset = preset if preset is not None and preset.is_file() else None
         for method in method_list:
-            for variant in (v for v in variants if v.applies_to(method)):
-                for seed in seed_list:
-                    base = SweepRun(task, method, seed, TrainConfig(), preset, variant.suffix)
-                    runs.append(_resolved(base, {**layered, **overrides, **variant.overrides()}, output))
+            runs += _method_runs(task, method, seed_list, preset, variants, {**layered, **overrides}, output)
     if shard is not None:
         index, count = parse_shard(shard) if isinstance(shard, str) else shard
         runs = shard_runs(runs, index, count)
     return runs
+
+
+def _method_runs(task: str, method: str, seeds: list[int], preset: Path | None, variants: Sequence[Variant],
+                 settings: Mapping[str, Any], output: str | Path) -> list[SweepRun]:
+    """The runs of one task and method: its default setting, then each grid variant that
+    applies to it and does not resolve to the default's settings (run once, as the default)."""
+    runs, defaults = [], {}
+    for variant in (v for v in variants if v.applies_to(method)):
+        for seed in seeds:
+            run = _resolved(SweepRun(task, method, seed, TrainConfig(), preset, variant.suffix),
+                            {**settings, **variant.overrides()}, output)
+            if not variant.settings:
+                defaults[seed] = run
+            elif _same_settings(run, defaults[seed]):
+                continue
+            runs.append(run)
+    return runs
+
+
+def _same_settings(run: SweepRun, other: SweepRun) -> bool:
+    return dataclasses.replace(run.config, output_dir="") == dataclasses.replace(other.config, output_dir="")
 
 
 def _resolved(run: SweepRun, settings: Mapping[str, Any], output: str | Path) -> SweepRun:
