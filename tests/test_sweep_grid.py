@@ -168,3 +168,29 @@ def test_ablation_presets_plan_and_name_the_paper(preset, tmp_path):
         adapters = patch_model(model, runs[0].config.model.targets, split=runs[0].config.model.split)
         assert sorted({block_index_and_kind(a.name) for a in adapters}) == sorted(
             (block, kind) for block in (0, 1) for kind in kinds[preset])
+
+
+def test_report_shows_the_mean_rank_by_kind_and_depth_per_method(tmp_path):
+    from elalora_vit.sweep.rank_allocation import rank_by
+
+    def result(task, method, seed, pattern):
+        folder = tmp_path / task / method / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({
+            "task": task, "method": method, "seed": seed, "eval_split": "test", "accuracy": 50.0,
+            "rank_pattern": pattern, "model": "m", "pretrained": True}))
+
+    # cifar: two seeds (fc1 of block 0 at 6 and 4 -> 5); dtd: one seed
+    result("cifar", "elalora", 0, {"blocks.0.attn.qkv.q": 2, "blocks.0.mlp.fc1": 6, "blocks.1.mlp.fc1": 4})
+    result("cifar", "elalora", 1, {"blocks.0.attn.qkv.q": 2, "blocks.0.mlp.fc1": 4, "blocks.1.mlp.fc1": 4})
+    result("dtd", "elalora", 0, {"blocks.0.attn.qkv.q": 4, "blocks.0.mlp.fc1": 2, "blocks.1.mlp.fc1": 6})
+    result("dtd", "lora", 0, {"blocks.0.attn.qkv.q": 4, "blocks.0.mlp.fc1": 4, "blocks.1.mlp.fc1": 4})
+    results = collect_results(tmp_path)
+    # kind: q = mean(2, 4) = 3; fc1 = mean(mean(5, 4), mean(2, 6)) = mean(4.5, 4) = 4.25
+    assert rank_by(results, "elalora", "kind") == {"q": 3.0, "fc1": 4.25}
+    # block 0 = mean(mean(2, 5), mean(4, 2)) = mean(3.5, 3) = 3.25; block 1 = mean(4, 6) = 5
+    assert rank_by(results, "elalora", "block") == {0: 3.25, 1: 5.0}
+    md = write_report(tmp_path)["markdown"].read_text()
+    section = md.split("## Where the ranks go")[1].split("\n## ")[0]
+    assert "| elalora | 2 | 3.00 | **4.25** |" in section and "| elalora | 2 | 3.25 | **5.00** |" in section
+    assert "| lora |" not in section  # fixed ranks: nothing to see

@@ -13,6 +13,7 @@ from .formatting import cell_text, fmt, markdown_table, signed
 from .published import PUBLISHED
 from .results import GROUP_NAMES, Results
 from .tables import BASELINE, comparison, cost_table, per_task_table, summary_table
+from .rank_allocation import rank_allocation_section
 from .variants import variants_section
 
 
@@ -21,7 +22,7 @@ def results_markdown(results: Results, figures: dict[str, Path] | None = None) -
     sections = [_intro(results)]
     if results.runs:
         sections += [_verdict(results), summary_table(results), comparison(results), variants_section(results),
-                     per_task_table(results), cost_table(results)]
+                     per_task_table(results), rank_allocation_section(results), cost_table(results)]
     sections += [_figures(results, figures or {}), _failures(results), _notes(results)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
