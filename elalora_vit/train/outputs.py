@@ -85,14 +85,22 @@ def write_outputs(files: RunFiles, cfg: TrainConfig, state: RunState, result: di
         history = [r.to_dict() for r in allocator.history] if allocator is not None else []
         atomic_write_json(files.history, history)
         label = f"{cfg.data.task} / {cfg.method}"
-        capacity = sum(a.layer.capacity for a in find_adapters(model))
-        title = f"{label}: final ranks, total {result['total_rank']} of capacity {capacity}"
+        title = final_ranks_title(label, model)
         initial_rank = method.adapter_config.rank if allocator is not None else None
         write_rank_heatmap(result["rank_pattern"], files.heatmap, title, initial_rank)
         if allocator is not None:  # ranks moved: how, and on which scores
             write_run_figures(files.rank_evolution, files.importance_scores, history, result["rank_pattern"],
                               method.adapter_config, allocator.total_steps, label)
     atomic_write_json(files.result, result)
+
+
+def final_ranks_title(label: str, model) -> str:
+    """The heatmap's title: ``"<label>: final ranks, total T of capacity C"``, T the active
+    ranks of ``model``'s adapters and C the ranks their slots could hold."""
+    adapters = find_adapters(model)
+    total = sum(a.rank for a in adapters)
+    capacity = sum(a.layer.capacity for a in adapters)
+    return f"{label}: final ranks, total {total} of capacity {capacity}"
 
 
 def write_rank_heatmap(pattern: Mapping[str, float], path: Path, title: str, initial_rank: float | None) -> Path | None:

@@ -84,3 +84,15 @@ def test_a_history_of_an_older_version_draws_ranks_but_no_scores(tmp_path):
     assert plot_importance_scores(old, tmp_path / "s.png") == {} and not (tmp_path / "s.png").exists()
     series = plot_rank_evolution(old, {"a.q": 1, "a.v": 3}, 10, {"adjustment begins": 2}, tmp_path / "r.png")
     assert series == {"a.q": ([0, 5, 10], [2, 1, 1]), "a.v": ([0, 5, 10], [2, 3, 3])}
+
+
+def test_heatmap_title_gives_the_final_total_rank_and_the_capacity():
+    from elalora_vit.core import ElaLoRAConfig, patch_model
+    from elalora_vit.train.outputs import final_ranks_title
+    from tests.conftest import QKV_SPLIT, VIT_TARGETS, make_tiny_vit
+
+    model = make_tiny_vit(depth=2)
+    adapters = patch_model(model, VIT_TARGETS, ElaLoRAConfig(rank=3, max_rank=5), split=QKV_SPLIT)
+    layer = adapters[0].layer
+    layer.rank_mask[0, 0] = False  # one rank pruned
+    assert final_ranks_title("dtd / elalora", model) == "dtd / elalora: final ranks, total 35 of capacity 60"
