@@ -111,7 +111,7 @@ def _panels(plt, count: int, title: str):
 def _mark_phases(ax, boundaries: Mapping[str, int]) -> None:
     for label, step in boundaries.items():
         ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
-        ax.text(step, 1.0, " " + label.split()[0][:5] + ".", transform=ax.get_xaxis_transform(),
+        ax.text(step, 0.98, " " + label.split()[0], transform=ax.get_xaxis_transform(),
                 fontsize=6, color="grey", va="top", rotation=90)
 
 
