@@ -57,6 +57,9 @@ class ElaLoRAConfig:
     ``lambda_lr_multiplier`` acts through the optimizer's parameter groups: build
     them with :func:`adapter_param_groups` (the training loop does), otherwise it
     has no effect.
+
+    ``cubic_schedule`` (deprecated, not a field) is still accepted: true is
+    ``schedule="cubic"``, false ``schedule="constant"``, with a ``FutureWarning``.
     """
 
     rank: int = setting(8, "initial number of active ranks of every adapter (r)")
@@ -82,7 +85,8 @@ class ElaLoRAConfig:
     def __post_init__(self, cubic_schedule: bool | None) -> None:
         if cubic_schedule is not None:
             given = {"schedule": self.schedule} if self.schedule != "cubic" else {}
-            self.schedule = upgrade_schedule_key({**given, "cubic_schedule": cubic_schedule})["schedule"]
+            upgraded = upgrade_schedule_key({**given, "cubic_schedule": cubic_schedule}, stacklevel=4)
+            self.schedule = upgraded["schedule"]
         if self.max_rank is None:
             self.max_rank = 2 * self.rank
         self.validate()
@@ -121,10 +125,13 @@ class ElaLoRAConfig:
         return cls(**dict(values))
 
 
-def upgrade_schedule_key(values: Mapping[str, Any], *, warn: bool = True, where: str = "") -> dict[str, Any]:
+def upgrade_schedule_key(
+    values: Mapping[str, Any], *, warn: bool = True, where: str = "", stacklevel: int = 3
+) -> dict[str, Any]:
     """``values`` with the deprecated boolean ``cubic_schedule`` replaced by ``schedule``
     (true: ``cubic``, false: ``constant``); ``where`` prefixes the key in messages
-    (``"adapter."``).  Raises :class:`ConfigError` when both are given and disagree."""
+    (``"adapter."``); ``stacklevel`` points the warning at the caller.  Raises
+    :class:`ConfigError` when both are given and disagree."""
     values = dict(values)
     if "cubic_schedule" not in values:
         return values
@@ -138,7 +145,7 @@ def upgrade_schedule_key(values: Mapping[str, Any], *, warn: bool = True, where:
                           f"{values['schedule']}'; drop the deprecated cubic_schedule")
     if warn:
         warnings.warn(f"'{where}cubic_schedule' is deprecated; write '{where}schedule: {shape}' instead "
-                      f"(one of {', '.join(SCHEDULE_SHAPES)})", FutureWarning, stacklevel=3)
+                      f"(one of {', '.join(SCHEDULE_SHAPES)})", FutureWarning, stacklevel=stacklevel)
     values["schedule"] = shape
     return values
 
