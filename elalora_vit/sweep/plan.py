@@ -6,7 +6,9 @@ A sweep is the product tasks x methods x seeds, in table order (tasks as in
 
     built-in defaults < configs/vtab/<task>.yaml < --config FILE < --set KEY=VALUE
 
-with the run's own task, method, seed and output folder set last.  A shard
+with the run's own task, method, seed and output folder set last.  A grid
+(:mod:`.grid`) adds variants of each method, ``<output>/<task>/<method>[<values>]/seed<seed>``,
+after its default setting.  A shard
 ``I/N`` takes every N-th run of that list starting at the I-th, so shards are
 disjoint, together complete, and the same on every machine given the same
 selection.
