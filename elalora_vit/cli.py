@@ -53,6 +53,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["model.pretrained"] = False
     if args.no_progress:
         overrides["progress"] = False
+    if args.log_to:
+        overrides["log_to"] = args.log_to
     for text in args.set or []:
         key, value = parse_override(text)
         overrides[key] = value
@@ -74,6 +76,7 @@ def _add_train(sub) -> None:
     from .core.config import field_docs
     from .data import SOURCES
     from .train.config import METHODS, PRECISIONS, AdapterConfig
+    from .train.tracking import TRACKERS
     from .vit import DEFAULT_MODEL
 
     p = sub.add_parser(
@@ -112,6 +115,8 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint.pt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--log-to", choices=TRACKERS, help="also log the loss, LR, ranks and figures to tensorboard "
+                   "(<output>/tensorboard) or wandb; imported only when chosen (default none)")
     p.set_defaults(func=_train)
 
 

@@ -25,6 +25,7 @@ from ..core.config import (
 from ..core.registry import get_method, method_names
 from ..data import SOURCES
 from ..vit import DEFAULT_MODEL
+from .tracking import TRACKERS
 
 METHODS = method_names()  # the registry's, in registration order
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -128,6 +129,7 @@ class TrainConfig:
     eval_every: int = 0  # epochs between evaluations; 0 evaluates at the end only
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     progress: bool = True
+    log_to: str = "none"  # none | tensorboard | wandb: also log scalars, ranks and figures there
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -150,6 +152,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         _allowed("method", self.method, METHODS)
         _allowed("precision", self.precision, PRECISIONS)
+        _allowed("log_to", self.log_to, TRACKERS)
         _allowed("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
         _allowed("data.source", self.data.source, SOURCES)
         _positive_int("optim.batch_size", self.optim.batch_size)

@@ -37,6 +37,7 @@ from .resume import resume_from, save_run_checkpoint
 from .run_files import RunFiles
 from .runtime import create_accelerator, evaluate, finite_on_every_process, postfix, progress_bar
 from .state import RunState
+from .tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
     if accelerator.is_main_process:
         start_outputs(files, cfg, state.metrics)
     state.current_rank = total_rank(state.unwrapped)  # read once here; allocation rounds update it
+    state.tracker = make_tracker(cfg.log_to, files.root, str(files.root), cfg.to_dict(), accelerator.is_main_process)
     progress = progress_bar(cfg, accelerator, steps_per_epoch * cfg.optim.epochs, state.step)
 
     # ---- the loop: an epoch of steps, its metrics line, a checkpoint
@@ -87,9 +89,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
         state.metrics.append(record)
         if accelerator.is_main_process:
             append_jsonl(files.metrics, record)
+        state.tracker.log_epoch(record)
         save_run_checkpoint(files.checkpoint, cfg, state, accelerator)
         if stop_after_epoch is not None and stop_after_epoch <= state.epoch < cfg.optim.epochs:
             progress.close()
+            state.tracker.close()
             return {"interrupted_after_epoch": state.epoch}
     progress.close()
 
@@ -98,6 +102,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after_epoch: int | Non
     result = run_result(cfg, files, state, accuracy)
     if accelerator.is_main_process:
         write_outputs(files, cfg, state, result)
+    state.tracker.log_figures(files, state.step)
+    state.tracker.close()
     accelerator.wait_for_everyone()
     return result
 
@@ -198,6 +204,7 @@ def _train_epoch(state: RunState, cfg: TrainConfig, dataset, accelerator, progre
         if not skipped:
             loss_sum += loss.detach().float().cpu()
             loss_count += 1
+        state.tracker.log_step(state.step, loss, state.scheduler.get_last_lr()[0], skipped)
         progress.update(1)
         progress.set_postfix(postfix(loss_sum, loss_count, state.last_eval, state.scheduler, state.current_rank),
                              refresh=False)
@@ -236,6 +243,7 @@ def _allocation_step(state: RunState, skipped: bool) -> None:
     if record is not None:
         state.health.after_round(record, state.unwrapped)
         state.current_rank = sum(record.rank_pattern.values())
+        state.tracker.log_round(record.step, record.rank_pattern)
 
 
 def _stop_after_too_many_bad_steps(state: RunState, skipped: bool, max_bad_steps: int, files: RunFiles) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 from ..core import RankAllocator, unwrap_model
 from .health import HealthMonitor
 from .methods import MethodSetup
+from .tracking import Tracker
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RunState:
     bad_in_a_row: int = 0  # non-finite steps since the last good one
     last_eval: float | None = None  # top-1 of the latest evaluation during training
     current_rank: int | None = None  # total adapter rank; changes only in an allocation round
+    tracker: Tracker = field(default_factory=Tracker)  # log_to's; not part of the checkpoint
 
     @property
     def allocator(self) -> RankAllocator | None:
