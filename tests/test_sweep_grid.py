@@ -51,7 +51,7 @@ def test_bad_grids_say_what_to_write(options, message, tmp_path):
 
 
 def test_a_grid_value_the_config_refuses_names_the_variant(tmp_path):
-    with pytest.raises(ConfigError, match=r"dtd/elalora\[adapter.b=-1\]/seed0: invalid value for 'b'"):
+    with pytest.raises(ConfigError, match=r"dtd/elalora\[adapter.b=-1\]/seed0: invalid value for 'adapter.b'"):
         plan_sweep("dtd", "elalora", [0], output=tmp_path, presets=None, grid={"adapter.b": [-1]})
 
 

@@ -3,9 +3,9 @@ method's default setting, task by task.
 
 The comparison is paired: a variant and its default are compared on the tasks both
 ran (the same data, split and seeds), per task the difference of their means, then
-averaged like the headline (per group, then the mean of the group deltas).  No
-interval is given yet: with a handful of tasks per group the spread of the per-task
-differences is shown instead (their min and max), and the tasks better / worse.
+averaged like the headline (per group, then the mean of the group deltas), with the
+same paired 95% interval over seeds as the baselines get (:mod:`.stats`), the spread
+of the per-task differences (their min and max), and the tasks better / worse.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from .formatting import fmt, markdown_table, signed
 from .grid import base_method, is_variant
 from .results import GROUP_NAMES, Results
+from .stats import paired_aggregate
 
 TIE = 1e-9
 
@@ -37,10 +38,17 @@ def variant_rows(results: Results) -> list[list[str]]:
             fmt(results.mean_of_groups(variant).value),
             *per_group,
             f"**{signed(results.delta(variant, default).value)}**",
+            _interval_text(results, variant, default),
             f"{signed(min(values))} … {signed(max(values))}",
             f"{sum(d > TIE for d in values)} / {sum(d < -TIE for d in values)} / {sum(abs(d) <= TIE for d in values)}",
         ])
     return rows
+
+
+def _interval_text(results: Results, variant: str, default: str) -> str:
+    """The paired interval over seeds of the mean of group deltas, as for the baselines."""
+    found = paired_aggregate(results, variant, default, "mean_of_groups")
+    return found[0].text() if found is not None else "–"
 
 
 def variants_section(results: Results) -> str:
@@ -54,7 +62,7 @@ def variants_section(results: Results) -> str:
     if not rows:
         return f"## Grid variants\n\n{intro}\n\nNo variant has a task in common with its default setting yet."
     head = ["variant", "mean of group means", *(f"Δ {g}" for g in GROUP_NAMES), "Δ mean of group deltas",
-            "Δ per task, min … max", "tasks better / worse / tied"]
-    note = ("No confidence interval is computed here yet; with few tasks, read the per-task range and the "
-            "better / worse counts beside the mean difference.")
+            "95% interval over seeds", "Δ per task, min … max", "tasks better / worse / tied"]
+    note = ("The interval is paired by seed (Student-t, see \"How sure\"); with fewer than 3 seeds (†) it says "
+            "little, so read the per-task range and the better / worse counts beside the mean difference.")
     return f"## Grid variants\n\n{intro}\n\n" + markdown_table(head, rows) + f"\n\n{note}"
