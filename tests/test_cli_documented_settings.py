@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from elalora_vit.cli import EXAMPLES, SWEEP_EXAMPLES, _train_overrides, build_parser, main
+from elalora_vit.cli import EXAMPLES, SWEEP_EXAMPLES, _train_overrides, build_parser
 from elalora_vit.data import parse_task_list, task_names
 from elalora_vit.train import load_config
 
