@@ -60,6 +60,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["model.pretrained"] = False
     if args.no_progress:
         overrides["progress"] = False
+    if args.log_to:
+        overrides["log_to"] = args.log_to
     for text in args.set or []:
         key, value = parse_override(text)
         overrides[key] = value
@@ -119,6 +121,7 @@ def _add_train(sub) -> None:
     from .core.config import field_docs
     from .data import SOURCES
     from .train.config import METHODS, PRECISIONS, AdapterConfig
+    from .train.tracking import TRACKERS
     from .vit import DEFAULT_MODEL
 
     p = sub.add_parser(
@@ -171,6 +174,8 @@ def _add_train(sub) -> None:
                    help="override any config key (repeatable); values are YAML, numbers in any spelling: "
                         "--set optim.lr=3e-3 --set optim.epochs=1e2 --set data.mean=[0.5,0.5,0.5]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--log-to", choices=TRACKERS, help="also log the loss, LR, ranks and figures to tensorboard "
+                   "(<output>/tensorboard) or wandb; imported only when chosen (default none)")
     p.set_defaults(func=_train)
 
 
@@ -361,6 +366,7 @@ SWEEP_EXAMPLES = """examples:
   elalora-vit vtab-sweep --dry-run                                   # all 19 tasks x 5 methods, seed 0
   elalora-vit vtab-sweep --tasks natural dtd --methods elalora lora --seeds 0 1 2
   elalora-vit vtab-sweep --shard $SLURM_ARRAY_TASK_ID/8              # with sbatch --array=1-8
+  elalora-vit vtab-sweep --tasks dtd --methods elalora --grid adapter.b=2,4,8   # a study: one variant per value
   elalora-vit vtab-sweep --set data.train_split=train800 --set data.eval_split=val200 --output runs/vtab-val
   accelerate launch --multi_gpu --num_processes 4 -m elalora_vit.cli vtab-sweep --shard 1/2   # each run on 4 GPUs
   elalora-vit vtab-report runs/vtab
@@ -370,6 +376,7 @@ SWEEP_EXAMPLES = """examples:
 def _vtab_sweep(args: argparse.Namespace) -> int:
     from .data.tasks import parse_task_list
     from .sweep import plan_sweep, run_sweep
+    from .sweep.grid import parse_grid
     from .sweep.plan import DEFAULT_PRESETS, describe_plan
     from .sweep.preflight import preflight
     from .sweep.runner import is_main_process
@@ -380,7 +387,8 @@ def _vtab_sweep(args: argparse.Namespace) -> int:
         overrides["progress"] = False
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
     tasks = parse_task_list(args.tasks)
-    plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets)
+    plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets,
+                grid=parse_grid(args.grid or []))
     runs = plan_sweep(tasks, args.methods, args.seeds, shard=args.shard, **plan)
     if args.dry_run:
         from .sweep.checks import check_runs
@@ -436,6 +444,10 @@ def _add_sweep(sub) -> None:
                    help="list the runs, their folders and status (done/partial/new), and check every task's data and "
                         "the backbone's weights; run nothing (exit code 1 if a check fails)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key for every run (repeatable)")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="run every combination of these values as variants of each method, e.g. --grid adapter.b=2,4 "
+                        "--grid adapter.k=1,2 (repeatable; also a 'grid:' mapping in --config); each variant has "
+                        "its own folder and report column, named like elalora[adapter.b=2,adapter.k=1]")
     p.add_argument("--presets", metavar="DIR",
                    help="folder of per-task presets <task>.yaml (default: the repository's configs/vtab; 'none': no presets)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")

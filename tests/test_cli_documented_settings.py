@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from elalora_vit.cli import EXAMPLES, SWEEP_EXAMPLES, _train_overrides, build_parser, main
+from elalora_vit.cli import EXAMPLES, SWEEP_EXAMPLES, _train_overrides, build_parser
 from elalora_vit.data import parse_task_list, task_names
 from elalora_vit.train import load_config
 
@@ -59,8 +59,14 @@ def test_a_documented_command_resolves_to_valid_settings(where, argv, tmp_path, 
         assert cfg.data.task in [*task_names(), "digits"]  # aliases resolved
     elif argv[0] == "prepare-vtab":
         assert parse_task_list(args.tasks)
-    else:  # the sweep's own dry run resolves every run's settings and writes nothing
-        if "--output" not in argv:
-            argv = [*argv, "--output", str(tmp_path / "sweep")]
-        argv = [a if not a.startswith("runs/") else str(tmp_path / a) for a in argv]
-        assert main([*argv, "--dry-run"]) == 0, capsys.readouterr().err
+    else:  # the sweep's planning resolves (and validates) every run's settings and writes nothing
+        from elalora_vit.sweep import plan_sweep
+        from elalora_vit.sweep.grid import parse_grid
+        from elalora_vit.sweep.plan import DEFAULT_PRESETS
+        from elalora_vit.train.config import parse_override
+
+        overrides = dict(parse_override(text) for text in args.set or [])
+        runs = plan_sweep(parse_task_list(args.tasks), args.methods, args.seeds, output=tmp_path / "sweep",
+                          config=args.config, overrides=overrides, presets=DEFAULT_PRESETS,
+                          grid=parse_grid(args.grid or []))
+        assert runs and all(run.config.data.task in task_names() for run in runs)

@@ -140,7 +140,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: 
     """
     meta = read_adapter_metadata(path)
     model = unwrap_model(model)
-    config = ElaLoRAConfig.from_dict(meta["config"])
+    config = ElaLoRAConfig.from_dict(meta["config"], warn=False)  # files of older versions too
     layer_info: dict[str, dict] = meta["layers"]
     tensors = _read_tensors(path)
     _check_fits(model, path, layer_info, meta, tensors, config)

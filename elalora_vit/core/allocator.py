@@ -36,6 +36,7 @@ from .importance import ImportanceTracker
 from .layer import SVDLinear, find_adapters
 from .optim_state import reset_optimizer_slot
 from .schedule import adjustment_progress, check_schedule, is_adjustment_step, ranks_to_move, scores_are_updated
+from .score_summary import summarize_scores
 
 
 @dataclass
@@ -48,6 +49,9 @@ class RoundRecord:
     expanded: list[str] = field(default_factory=list)
     shortfall: int = 0  # ranks that could not be moved because adapters were at capacity
     rank_pattern: dict[str, int] = field(default_factory=dict)
+    # The scores the round decided on (core.score_summary.summarize_scores), and under
+    # "grown" the [adapter, slot] pairs it activated; {} in histories of older versions.
+    scores: dict[str, Any] = field(default_factory=dict)
 
     def net_moved(self) -> int:
         """Ranks that ended the round in another adapter: one pruned from an adapter
@@ -64,6 +68,7 @@ class RoundRecord:
             "expanded": list(self.expanded),
             "shortfall": self.shortfall,
             "rank_pattern": dict(self.rank_pattern),
+            "scores": dict(self.scores),
         }
 
 
@@ -148,14 +153,25 @@ class RankAllocator:
         masks = self._masks()
         prune, grow, shortfall = plan_round(scores, masks, self.config.k, b, self.layers[0].capacity)
         record = RoundRecord(step=self.step_count, b=b, shortfall=shortfall)
+        record.scores = summarize_scores(scores, masks, self.adapter_names, prune, self._grown_last_round())
         for adapter, slot in prune:
             self._prune_slot(adapter, slot, optimizer)
             record.pruned.append(self.adapter_names[adapter])
+        record.scores["grown"] = []
         for adapter in grow:
-            self._expand(adapter, optimizer)
+            slot = self._expand(adapter, optimizer)
             record.expanded.append(self.adapter_names[adapter])
+            record.scores["grown"].append([self.adapter_names[adapter], slot])
         record.rank_pattern = self.rank_pattern()
         return record
+
+    def _grown_last_round(self) -> list[tuple[int, int]]:
+        """``(adapter, slot)`` pairs the last round activated (read from the history, so
+        a resumed run knows them too)."""
+        if not self.history:
+            return []
+        index = {name: i for i, name in enumerate(self.adapter_names)}
+        return [(index[name], int(slot)) for name, slot in self.history[-1].scores.get("grown", []) if name in index]
 
     @torch.no_grad()
     def _prune_slot(self, adapter: int, slot: int, optimizer) -> None:
@@ -166,8 +182,9 @@ class RankAllocator:
         self._reset_slot_state(li, part, slot, optimizer)
 
     @torch.no_grad()
-    def _expand(self, adapter: int, optimizer) -> None:
-        """Activate the first free slot: Gram-Schmidt directions for P and Q, lambda = 0."""
+    def _expand(self, adapter: int, optimizer) -> int:
+        """Activate the first free slot: Gram-Schmidt directions for P and Q, lambda = 0.
+        Returns the slot."""
         li, part = self._owner[adapter]
         layer = self.layers[li]
         mask = layer.rank_mask[part]
@@ -179,6 +196,7 @@ class RankAllocator:
         layer.lora_E[part, slot] = 0.0
         mask[slot] = True
         self._reset_slot_state(li, part, slot, optimizer)
+        return slot
 
     def _reset_slot_state(self, li: int, part: int, slot: int, optimizer) -> None:
         layer = self.layers[li]
@@ -351,12 +369,13 @@ class AdaLoRAAllocator(RankAllocator):
 
     @torch.no_grad()
     def prune_to_budget(self, excess: int, optimizer=None) -> RoundRecord:
-        scores = _same_on_every_process(self.scores()).flatten()
-        order = scores.argsort(stable=True)[:excess]
+        grid = _same_on_every_process(self.scores())
+        order = grid.flatten().argsort(stable=True)[:excess]
         capacity = self.layers[0].capacity
+        prune = [divmod(flat, capacity) for flat in order.tolist()]
         record = RoundRecord(step=self.step_count, b=excess)
-        for flat in order.tolist():
-            adapter, slot = divmod(flat, capacity)
+        record.scores = summarize_scores(grid, self._masks(), self.adapter_names, prune)
+        for adapter, slot in prune:
             self._prune_slot(adapter, slot, optimizer)
             record.pruned.append(self.adapter_names[adapter])
         record.rank_pattern = self.rank_pattern()

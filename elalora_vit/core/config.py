@@ -6,8 +6,13 @@ One dataclass holds everything the core needs; defaults live here and only here.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import warnings
+from dataclasses import InitVar, dataclass
 from typing import Any, Mapping
+
+SCHEDULE_SHAPES = ("cubic", "linear", "cosine", "constant")
+"""How b_t decays over the adjustment phase (``ElaLoRAConfig.schedule``); the formulas
+live in :mod:`elalora_vit.core.schedule`."""
 
 
 class ConfigError(ValueError):
@@ -52,6 +57,9 @@ class ElaLoRAConfig:
     ``lambda_lr_multiplier`` acts through the optimizer's parameter groups: build
     them with :func:`adapter_param_groups` (the training loop does), otherwise it
     has no effect.
+
+    ``cubic_schedule`` (deprecated, not a field) is still accepted: true is
+    ``schedule="cubic"``, false ``schedule="constant"``, with a ``FutureWarning``.
     """
 
     rank: int = setting(8, "initial number of active ranks of every adapter (r)")
@@ -68,11 +76,17 @@ class ElaLoRAConfig:
     warmup_steps: int = setting(500, "t_warmup, the warm-up phase (scores accumulate, ranks stay)")
     adjust_interval: int = setting(150, "t_adjust, the interval between rounds")
     stabilize_steps: int = setting(1500, "t_stabilize, the final phase (ranks frozen)")
-    cubic_schedule: bool = setting(True, "b decays cubically to 0 over the adjustment phase (false: stays b)")
+    schedule: str = setting("cubic", "how b_t decays to 0 over the adjustment phase: cubic | linear | cosine | constant (stays b)")
     orth_reg_weight: float = setting(0.1, "gamma, weight of the orthogonal regulariser (SVD adapters)")
     seed: int = setting(0, "seeds the initialisation and the random directions of expanded ranks")
+    # Deprecated boolean form of ``schedule`` (true: cubic, false: constant); not a field.
+    cubic_schedule: InitVar[bool | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, cubic_schedule: bool | None) -> None:
+        if cubic_schedule is not None:
+            given = {"schedule": self.schedule} if self.schedule != "cubic" else {}
+            upgraded = upgrade_schedule_key({**given, "cubic_schedule": cubic_schedule}, stacklevel=4)
+            self.schedule = upgraded["schedule"]
         if self.max_rank is None:
             self.max_rank = 2 * self.rank
         self.validate()
@@ -97,7 +111,11 @@ class ElaLoRAConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ElaLoRAConfig":
+    def from_dict(cls, values: Mapping[str, Any], *, warn: bool = True) -> "ElaLoRAConfig":
+        """The config of ``values`` (as :meth:`to_dict` writes it).  The deprecated key
+        ``cubic_schedule`` is read as ``schedule``; ``warn=False`` reads it quietly, for
+        files written by older versions (adapter files, checkpoints)."""
+        values = upgrade_schedule_key(values, warn=warn)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -105,6 +123,31 @@ class ElaLoRAConfig:
                 f"unknown ElaLoRA config key(s) {unknown}; allowed keys: {sorted(known)}"
             )
         return cls(**dict(values))
+
+
+def upgrade_schedule_key(
+    values: Mapping[str, Any], *, warn: bool = True, where: str = "", stacklevel: int = 3
+) -> dict[str, Any]:
+    """``values`` with the deprecated boolean ``cubic_schedule`` replaced by ``schedule``
+    (true: ``cubic``, false: ``constant``); ``where`` prefixes the key in messages
+    (``"adapter."``); ``stacklevel`` points the warning at the caller.  Raises
+    :class:`ConfigError` when both are given and disagree."""
+    values = dict(values)
+    if "cubic_schedule" not in values:
+        return values
+    old = values.pop("cubic_schedule")
+    if not isinstance(old, bool):
+        raise ConfigError(f"invalid value for '{where}cubic_schedule': {old!r}; expected true or false "
+                          f"(deprecated: use {where}schedule: cubic | linear | cosine | constant)")
+    shape = "cubic" if old else "constant"
+    if values.get("schedule", shape) != shape:
+        raise ConfigError(f"'{where}cubic_schedule: {str(old).lower()}' contradicts '{where}schedule: "
+                          f"{values['schedule']}'; drop the deprecated cubic_schedule")
+    if warn:
+        warnings.warn(f"'{where}cubic_schedule' is deprecated; write '{where}schedule: {shape}' instead "
+                      f"(one of {', '.join(SCHEDULE_SHAPES)})", FutureWarning, stacklevel=stacklevel)
+    values["schedule"] = shape
+    return values
 
 
 def check_adapter_values(values: Any) -> None:
@@ -131,6 +174,7 @@ def check_adapter_values(values: Any) -> None:
     for name in ("beta1", "beta2"):
         value = getattr(v, name)
         check_value(0.0 <= value < 1.0, name, value, "a number in [0, 1)")
+    check_value(v.schedule in SCHEDULE_SHAPES, "schedule", v.schedule, " | ".join(SCHEDULE_SHAPES))
     check_value(v.orth_reg_weight >= 0, "orth_reg_weight", v.orth_reg_weight, "a number >= 0")
 
 

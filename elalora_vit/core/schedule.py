@@ -35,15 +35,25 @@ def phase(step: int, total_steps: int, config: ElaLoRAConfig) -> str:
     return ADJUST
 
 
+# The share of b still moved at progress p in [0, 1] of the adjustment phase; every
+# shape but constant falls from 1 at the phase's start to 0 at its end.  The names are
+# config.SCHEDULE_SHAPES (a test keeps the two in step).
+SHAPES = {
+    "cubic": lambda p: 1.0 - p**3,  # the paper's: b_t = round(b * (1 - progress^3))
+    "linear": lambda p: 1.0 - p,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+    "constant": lambda p: 1.0,
+}
+
+
 def ranks_to_move(step: int, total_steps: int, config: ElaLoRAConfig) -> int:
-    """b_t = round(b * (1 - progress^3)), progress through the adjustment phase in [0, 1].
+    """b_t = round(b * shape(progress)), progress through the adjustment phase in [0, 1]
+    and ``shape`` the config's ``schedule`` (:data:`SHAPES`); cubic is the paper's.
 
     Halves round up, so the value does not depend on banker's rounding.
     """
-    if not config.cubic_schedule:
-        return config.b
     progress = adjustment_progress(step, total_steps, config)
-    return int(math.floor(config.b * (1.0 - progress**3) + 0.5))
+    return int(math.floor(config.b * SHAPES[config.schedule](progress) + 0.5))
 
 
 def adjustment_progress(step: int, total_steps: int, config: ElaLoRAConfig) -> float:

@@ -4,10 +4,12 @@ method's final rank per adapter averaged over tasks."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable
 
 from ..core.files import atomic_write
 from ..core.registry import get_method, method_names
+from .grid import base_method
+from .rank_allocation import mean_pattern, ranks_move, task_patterns
 from ..train.heatmap import plot_rank_heatmap
 from .results import GROUP_NAMES, Results
 
@@ -25,7 +27,7 @@ def write_figures(results: Results, folder: Path) -> dict[str, Path]:
         folder / GROUP_MEANS, lambda path: plot_group_means(results, path))
     figures["Top-1 per task (mean ± std over seeds)"] = _saved(folder / PER_TASK, lambda path: plot_per_task(results, path))
     for method in results.methods:
-        if not _ranks_move(method):  # a fixed-rank method's pattern is a flat grid
+        if not ranks_move(method):  # a fixed-rank method's pattern is a flat grid
             continue
         path = _saved(folder / RANK_HEATMAP.format(method=method), lambda p, m=method: plot_mean_rank_heatmap(results, m, p))
         if path is not None:
@@ -97,23 +99,16 @@ def plot_per_task(results: Results, path: Path) -> Path:
     return path
 
 
-def _ranks_move(method: str) -> bool:
-    return method in method_names() and get_method(method).allocator is not None
-
-
 def plot_mean_rank_heatmap(results: Results, method: str, path: Path) -> Path | None:
     """``method``'s final rank per adapter, averaged over seeds within a task, then over
     tasks (each task weighs the same); None without rank patterns."""
-    per_task = [
-        mean_pattern(run.rank_pattern for run in cell.runs)
-        for task in results.tasks
-        if (cell := results.cell(task, method)) is not None and all(run.rank_pattern for run in cell.runs)
-    ]
+    per_task = task_patterns(results, method)
     if not per_task:
         return None
     initial = {run.initial_rank for task in results.tasks if (cell := results.cell(task, method)) for run in cell.runs}
     # a pruning method starts above its final rank: its start is no reference line
-    prunes_from_above = method in method_names() and get_method(method).init_rank_factor is not None
+    base = base_method(method)
+    prunes_from_above = base in method_names() and get_method(base).init_rank_factor is not None
     initial_rank = initial.pop() if not prunes_from_above and len(initial) == 1 else None
     return plot_rank_heatmap(mean_pattern(per_task), path, title=f"{method}: mean final rank over {len(per_task)} task(s)",
                              initial_rank=initial_rank)
@@ -146,13 +141,3 @@ def _pyplot():
 
     return plt
 
-
-def mean_pattern(patterns: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Average rank of each adapter over several runs."""
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for pattern in patterns:
-        for name, rank in pattern.items():
-            sums[name] = sums.get(name, 0.0) + rank
-            counts[name] = counts.get(name, 0) + 1
-    return {name: sums[name] / counts[name] for name in sums}

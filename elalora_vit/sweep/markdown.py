@@ -15,6 +15,8 @@ from .published import PUBLISHED
 from .results import GROUP_NAMES, Results
 from .stats import stats_markdown
 from .tables import BASELINE, comparison, cost_table, per_task_table, summary_table
+from .rank_allocation import rank_allocation_section
+from .variants import variants_section
 
 
 def results_markdown(results: Results, figures: dict[str, Path] | None = None) -> str:
@@ -22,7 +24,8 @@ def results_markdown(results: Results, figures: dict[str, Path] | None = None) -
     sections = [_intro(results), protocol_markdown(results)]
     if results.runs:
         sections += [_verdict(results), summary_table(results), comparison(results), stats_markdown(results),
-                     per_task_table(results), cost_table(results)]
+                     variants_section(results), per_task_table(results), rank_allocation_section(results),
+                     cost_table(results)]
     sections += [_figures(results, figures or {}), _failures(results), _notes(results)]
     return "\n\n".join(s for s in sections if s) + "\n"
 

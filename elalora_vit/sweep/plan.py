@@ -6,7 +6,9 @@ A sweep is the product tasks x methods x seeds, in table order (tasks as in
 
     built-in defaults < configs/vtab/<task>.yaml < --config FILE < --set KEY=VALUE
 
-with the run's own task, method, seed and output folder set last.  A shard
+with the run's own task, method, seed and output folder set last.  A grid
+(:mod:`.grid`) adds variants of each method, ``<output>/<task>/<method>[<values>]/seed<seed>``,
+after its default setting.  A shard
 ``I/N`` takes every N-th run of that list starting at the I-th, so shards are
 disjoint, together complete, and the same on every machine given the same
 selection.
@@ -24,6 +26,7 @@ from ..core.config import ConfigError
 from ..data.tasks import parse_task_list
 from ..train.config import METHODS, TrainConfig, load_config, read_yaml
 from ..train.run_files import RunFiles
+from .grid import GRID_KEY, Variant, expand_grid, grid_from_config
 
 DEFAULT_OUTPUT = "runs/vtab"
 DEFAULT_PRESETS = Path(__file__).resolve().parents[2] / "configs" / "vtab"
@@ -48,10 +51,16 @@ class SweepRun:
     seed: int
     config: TrainConfig
     preset: Path | None = None
+    variant: str = ""  # a grid variant's suffix, "[adapter.b=2,adapter.k=1]"; "" without a grid
+
+    @property
+    def label(self) -> str:
+        """The method as the report names it: ``elalora``, ``elalora[adapter.b=2]``."""
+        return self.method + self.variant
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.method}/seed{self.seed}"
+        return f"{self.task}/{self.label}/seed{self.seed}"
 
     @property
     def output_dir(self) -> Path:
@@ -96,6 +105,7 @@ def plan_sweep(
     overrides: Mapping[str, Any] | None = None,
     presets: str | Path | None = DEFAULT_PRESETS,
     shard: str | tuple[int, int] | None = None,
+    grid: Mapping[str, Sequence[Any]] | None = None,
 ) -> list[SweepRun]:
     """The runs of a sweep (or of one shard of it), settings resolved.
 
@@ -103,7 +113,9 @@ def plan_sweep(
     ``methods``: names or ``all``; ``seeds``: integers.  Each may be a list or a
     comma/space-separated string.  ``presets`` is the folder of per-task YAML
     files (``<task>.yaml``; None: no presets).  Invalid settings raise
-    ``ConfigError`` here, before any run starts.
+    ``ConfigError`` here, before any run starts.  ``grid`` (dotted key -> values, and
+    any ``grid:`` of the ``config`` file, which ``grid`` extends) expands each method
+    into its variants (:mod:`.grid`), the default setting first.
     """
     overrides = dict(overrides or {})
     for key, option in SWEEP_KEYS.items():
@@ -113,33 +125,60 @@ def plan_sweep(
     method_list = select_methods(methods)
     seed_list = select_seeds(seeds)
     preset_dir = _preset_dir(presets)
-    layered = config_overrides(read_yaml(config)) if config is not None else {}
+    file_values = read_yaml(config) if config is not None else {}
+    grid = {**grid_from_config(file_values.pop(GRID_KEY, None) or {}), **(grid or {})}
+    variants = expand_grid(grid, SWEEP_KEYS)
+    layered = config_overrides(file_values)
 
     runs = []
     for task in task_list:
         preset = preset_dir / f"{task}.yaml" if preset_dir is not None else None
         preset = preset if preset is not None and preset.is_file() else None
         for method in method_list:
-            for seed in seed_list:
-                folder = Path(output) / task / method / f"seed{seed}"
-                per_run = {
-                    **layered,
-                    **overrides,
-                    "data.task": task,
-                    "method": method,
-                    "seed": seed,
-                    "output_dir": str(folder).replace("{", "{{").replace("}", "}}"),
-                }
-                try:
-                    cfg = load_config(preset, per_run)
-                except ConfigError as err:
-                    where = f" (preset {preset})" if preset else ""
-                    raise ConfigError(f"settings of {task}/{method}/seed{seed}{where}: {err}") from err
-                runs.append(SweepRun(task, method, seed, cfg, preset))
+            runs += _method_runs(task, method, seed_list, preset, variants, {**layered, **overrides}, output)
     if shard is not None:
         index, count = parse_shard(shard) if isinstance(shard, str) else shard
         runs = shard_runs(runs, index, count)
     return runs
+
+
+def _method_runs(task: str, method: str, seeds: list[int], preset: Path | None, variants: Sequence[Variant],
+                 settings: Mapping[str, Any], output: str | Path) -> list[SweepRun]:
+    """The runs of one task and method: its default setting, then each grid variant that
+    applies to it and does not resolve to the default's settings (run once, as the default)."""
+    runs, defaults = [], {}
+    for variant in (v for v in variants if v.applies_to(method)):
+        for seed in seeds:
+            run = _resolved(SweepRun(task, method, seed, TrainConfig(), preset, variant.suffix),
+                            {**settings, **variant.overrides()}, output)
+            if not variant.settings:
+                defaults[seed] = run
+            elif _same_settings(run, defaults[seed]):
+                continue
+            runs.append(run)
+    return runs
+
+
+def _same_settings(run: SweepRun, other: SweepRun) -> bool:
+    return dataclasses.replace(run.config, output_dir="") == dataclasses.replace(other.config, output_dir="")
+
+
+def _resolved(run: SweepRun, settings: Mapping[str, Any], output: str | Path) -> SweepRun:
+    """``run`` with its settings loaded: ``settings``, then its task, method, seed and folder."""
+    folder = Path(output) / run.task / run.label / f"seed{run.seed}"
+    per_run = {
+        **settings,
+        "data.task": run.task,
+        "method": run.method,
+        "seed": run.seed,
+        "output_dir": str(folder).replace("{", "{{").replace("}", "}}"),
+    }
+    try:
+        cfg = load_config(run.preset, per_run)
+    except ConfigError as err:
+        where = f" (preset {run.preset})" if run.preset else ""
+        raise ConfigError(f"settings of {run.name}{where}: {err}") from err
+    return dataclasses.replace(run, config=cfg)
 
 
 def shard_runs(runs: Sequence[SweepRun], index: int, count: int) -> list[SweepRun]:
@@ -244,6 +283,9 @@ def describe_plan(runs: Sequence[SweepRun], total: int | None = None, shard: str
         rows.append((status + note, run.name, str(run.output_dir), str(run.preset) if run.preset else "(none)"))
     which = f"shard {shard}: {len(runs)} of {total} runs" if shard else f"{len(runs)} runs"
     lines = [f"{which} ({', '.join(f'{n} {s}' for s, n in counts.items())}); nothing is run (--dry-run)"]
+    labels = list(dict.fromkeys(run.label for run in runs if run.variant))
+    if labels:
+        lines.append(f"grid variants ({len(labels)}, each beside its method's default setting): " + ", ".join(labels))
     if rows:
         head = ("status", "run", "output", "preset")
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]

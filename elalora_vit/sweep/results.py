@@ -21,6 +21,7 @@ from ..data.errors import UnknownTaskError
 from ..data.tasks import GROUPS, get_task, task_names
 from ..train.config import METHODS
 from ..train.run_files import RunFiles
+from .grid import base_method, is_variant
 from .plan import FAILED
 from .protocols import check_protocols
 
@@ -121,8 +122,15 @@ class Results:
     # ------------------------------------------------------------------ axes
     @property
     def methods(self) -> list[str]:
+        """Methods in `METHODS` order, each followed by its grid variants, best mean of
+        group means first; then any others."""
         present = {method for _, method in self.cells}
-        return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+        ordered = []
+        for method in METHODS:
+            variants = [m for m in present if is_variant(m) and base_method(m) == method]
+            ordered += [method] if method in present else []
+            ordered += sorted(variants, key=lambda m: (-(self.mean_of_groups(m).value or -1e9), m))
+        return ordered + sorted(present - set(ordered))
 
     @property
     def tasks(self) -> list[str]:
@@ -239,7 +247,7 @@ def _read_result(path: Path) -> RunResult | None:
     return RunResult(
         task=task.name,
         group=task.group,
-        method=str(data["method"]),
+        method=_method_label(path, str(data["method"])),
         seed=int(data["seed"]),
         accuracy=float(data["accuracy"]),
         trainable_params=data.get("trainable_params"),
@@ -254,6 +262,13 @@ def _read_result(path: Path) -> RunResult | None:
         path=path,
         protocol=data.get("protocol"),
     )
+
+
+def _method_label(result_path: Path, method: str) -> str:
+    """``method``, or the grid variant the run's folder names (``<variant>/seed<N>/result.json``,
+    e.g. ``elalora[adapter.b=2]``): a variant is a method of its own in the report."""
+    folder = result_path.parent.parent.name
+    return folder if is_variant(folder) and base_method(folder) == method else method
 
 
 def _run_config(config_path: Path) -> dict[str, Any]:

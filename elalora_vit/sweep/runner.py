@@ -108,7 +108,7 @@ def record_failure(run: SweepRun, err: BaseException) -> Path:
         run.output_dir / FAILED,
         {
             "task": run.task,
-            "method": run.method,
+            "method": run.label,
             "seed": run.seed,
             "error_type": type(err).__name__,
             "error": str(err),

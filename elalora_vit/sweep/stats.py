@@ -24,6 +24,7 @@ from typing import Sequence
 
 from ..data.tasks import GROUPS, task_names
 from .formatting import markdown_table
+from .grid import is_variant
 from .results import GROUP_NAMES, Results
 
 LEVEL = 0.95
@@ -157,7 +158,7 @@ def stats_markdown(results: Results, method: str = "elalora") -> str:
     if method not in results.methods:
         return ""
     blocks = []
-    for baseline in [m for m in results.methods if m != method]:
+    for baseline in [m for m in results.methods if m != method and not is_variant(m)]:  # variants: their own section
         rows = [[t, i.text()] for t in results.tasks if (i := paired_task(results, t, method, baseline))]
         if not rows:
             continue

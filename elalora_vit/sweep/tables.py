@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..data.tasks import get_task
+from .grid import is_variant
 from .formatting import best_methods, count, duration, fmt, markdown_table, mean, signed
 from .published import PUBLISHED, SOURCE
 from .results import GROUP_NAMES, Results
@@ -41,7 +42,7 @@ def summary_table(results: Results) -> str:
 def comparison(results: Results) -> str:
     if "elalora" not in results.methods:
         return ""
-    others = [m for m in results.methods if m != "elalora"]
+    others = [m for m in results.methods if m != "elalora" and not is_variant(m)]  # variants: their own section
     others = sorted(others, key=lambda m: (m != BASELINE, results.methods.index(m)))
     rows = []
     for other in others:

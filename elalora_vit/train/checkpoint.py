@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..core.config import ConfigError, upgrade_schedule_key
 from ..core.errors import first_line
 from ..core.files import atomic_write
 
@@ -82,7 +83,9 @@ WHY_FIXED = {
 
 def check_same_run(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:
     """Refuse to resume a checkpoint written with different settings; the error lists
-    only the keys that differ (old -> new) and why each one cannot change."""
+    only the keys that differ (old -> new) and why each one cannot change. A checkpoint of
+    an older version, with the deprecated ``adapter.cubic_schedule``, resumes as its ``schedule``."""
+    saved_config = _upgraded(saved_config)
     differences = [
         (key, theirs, mine)
         for section in RESUME_KEYS
@@ -121,6 +124,16 @@ def _why_fixed(key: str) -> str:
         if ".".join(parts[:n]) in WHY_FIXED:
             return WHY_FIXED[".".join(parts[:n])]
     return "the checkpoint was written with it"
+
+
+def _upgraded(saved_config: Any) -> Any:
+    adapter = saved_config.get("adapter") if isinstance(saved_config, dict) else None
+    if not isinstance(adapter, dict):
+        return saved_config
+    try:
+        return {**saved_config, "adapter": upgrade_schedule_key(adapter, warn=False)}
+    except ConfigError:  # a hand-edited value: the comparison below names the difference
+        return saved_config
 
 
 def _get(config: dict[str, Any], dotted: str) -> Any:

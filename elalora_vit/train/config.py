@@ -15,10 +15,19 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..core.config import ConfigError, ElaLoRAConfig, check_adapter_values, check_value, document_fields, setting
+from ..core.config import (
+    ConfigError,
+    ElaLoRAConfig,
+    check_adapter_values,
+    check_value,
+    document_fields,
+    setting,
+    upgrade_schedule_key,
+)
 from ..core.registry import get_method, method_names
 from ..data import SOURCES
 from ..vit import DEFAULT_MODEL
+from .tracking import TRACKERS
 
 METHODS = method_names()  # the registry's, in registration order
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -122,6 +131,7 @@ class TrainConfig:
     eval_every: int = 0  # epochs between evaluations; 0 evaluates at the end only
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     progress: bool = True
+    log_to: str = "none"  # none | tensorboard | wandb: also log scalars, ranks and figures there
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -132,8 +142,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        return _build(cls, values, "")
+    def from_dict(cls, values: Mapping[str, Any], *, warn: bool = True) -> "TrainConfig":
+        """The config of ``values`` (as :meth:`to_dict` writes it); the deprecated
+        ``adapter.cubic_schedule`` is read as ``adapter.schedule`` (quietly with ``warn=False``)."""
+        return _build(cls, upgrade_deprecated_keys(values, warn=warn), "")
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir.format(task=self.data.task, method=self.method, seed=self.seed))
@@ -143,6 +155,7 @@ class TrainConfig:
         _normalise(self)
         _allowed("method", self.method, METHODS)
         _allowed("precision", self.precision, PRECISIONS)
+        _allowed("log_to", self.log_to, TRACKERS)
         _allowed("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
         _allowed("data.source", self.data.source, SOURCES)
         _positive_int("optim.batch_size", self.optim.batch_size)
@@ -176,6 +189,16 @@ class TrainConfig:
             stabilize_steps=steps_of(a.stabilize, total_steps),
             seed=self.seed,
         )
+
+
+def upgrade_deprecated_keys(values: Mapping[str, Any], *, warn: bool = True) -> dict[str, Any]:
+    """A config mapping with deprecated keys replaced by their successors (see
+    :func:`~elalora_vit.core.config.upgrade_schedule_key`): also reads old config.yaml
+    files and checkpoints."""
+    values = dict(values)
+    if isinstance(values.get("adapter"), Mapping):
+        values["adapter"] = upgrade_schedule_key(values["adapter"], warn=warn, where="adapter.")
+    return values
 
 
 def steps_of(value: float, total_steps: int) -> int:

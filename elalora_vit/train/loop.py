@@ -43,6 +43,7 @@ from .run_files import RunFiles
 from .run_folder import FINISHED, NOTHING_TO_RESUME, OVERWRITE, RESUME, clear_run_files, run_folder_action
 from .runtime import create_accelerator, evaluate, finite_on_every_process, postfix, process_logger, progress_bar
 from .state import RunState
+from .tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int |
     # ---- the folder, resume, first outputs
     _start_folder(files, action, cfg, state, accelerator)
     state.current_rank = total_rank(state.unwrapped)  # read once here; allocation rounds update it
+    state.tracker = make_tracker(cfg.log_to, files.root, str(files.root), cfg.to_dict(), accelerator.is_main_process)
     progress = progress_bar(cfg, accelerator, steps_per_epoch * cfg.optim.epochs, state.step)
     try:
         if not _train_epochs(state, cfg, data, accelerator, progress, files, stop_after_epoch):
@@ -115,6 +117,8 @@ def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int |
     result = {**run_result(cfg, files, state, accuracy), "protocol": protocol}
     if accelerator.is_main_process:
         write_outputs(files, cfg, state, result)
+    state.tracker.log_figures(files, state.step)
+    state.tracker.close()
     accelerator.wait_for_everyone()
     return result
 
@@ -133,9 +137,11 @@ def _train_epochs(state: RunState, cfg: TrainConfig, data, accelerator, progress
         state.metrics.append(record)
         if accelerator.is_main_process:
             append_jsonl(files.metrics, record)
+        state.tracker.log_epoch(record)
         save_run_checkpoint(files.checkpoint, cfg, state, accelerator)
         if stop_after_epoch is not None and stop_after_epoch <= state.epoch < cfg.optim.epochs:
             progress.close()
+            state.tracker.close()
             return False
     return True
 
@@ -267,6 +273,7 @@ def _train_epoch(state: RunState, cfg: TrainConfig, dataset, accelerator, progre
         if not skipped:
             loss_sum += loss.detach().float().cpu()
             loss_count += 1
+        state.tracker.log_step(state.step, loss, state.scheduler.get_last_lr()[0], skipped)
         progress.update(1)
         progress.set_postfix(postfix(loss_sum, loss_count, state.last_eval, state.scheduler, state.current_rank),
                              refresh=False)
@@ -305,6 +312,7 @@ def _allocation_step(state: RunState, skipped: bool) -> None:
     if record is not None:
         state.health.after_round(record, state.unwrapped)
         state.current_rank = sum(record.rank_pattern.values())
+        state.tracker.log_round(record.step, record.rank_pattern)
 
 
 def _stop_after_too_many_bad_steps(state: RunState, skipped: bool, max_bad_steps: int, files: RunFiles) -> None:

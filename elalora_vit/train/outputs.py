@@ -1,5 +1,5 @@
 """What a run leaves for people and tools to read: config.yaml and metrics.jsonl while
-it trains, then result.json, rank_history.json, the rank heatmap and the trained
+it trains, then result.json, rank_history.json, the rank figures and the trained
 adapters (or weights). Every file but the appended metrics is written atomically."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..core import save_adapters
+from ..core import find_adapters, save_adapters
 from ..core.files import atomic_write, atomic_write_json, atomic_write_text
 from .config import ADAPTER_METHODS, TrainConfig
 from .heatmap import plot_rank_heatmap, rank_matrix
 from .methods import final_rank_pattern, trainable_parameter_count
 from .provenance import model_record, save_trained_weights
+from .run_figures import write_run_figures
 from .run_files import RunFiles
 from .state import RunState
 
@@ -89,10 +90,15 @@ def write_outputs(files: RunFiles, cfg: TrainConfig, state: RunState, result: di
     else:
         save_trained_weights(model, files.weights, cfg.method, method.head_names, record)
     if result["rank_pattern"]:  # the adapter methods
-        atomic_write_json(files.history, [r.to_dict() for r in allocator.history] if allocator is not None else [])
-        title = f"{cfg.data.task} / {cfg.method}: rank per adapter"
+        history = [r.to_dict() for r in allocator.history] if allocator is not None else []
+        atomic_write_json(files.history, history)
+        label = f"{cfg.data.task} / {cfg.method}"
+        title = final_ranks_title(label, model)
         initial_rank = method.adapter_config.rank if allocator is not None else None
         write_rank_heatmap(result["rank_pattern"], files.heatmap, title, initial_rank)
+        if allocator is not None:  # ranks moved: how, and on which scores
+            write_run_figures(files.rank_evolution, files.importance_scores, history, result["rank_pattern"],
+                              method.adapter_config, allocator.total_steps, label)
     write_metrics(files, state.metrics)  # its last line now carries the final top-1
     atomic_write_json(files.result, result)
 
@@ -101,6 +107,15 @@ def best_epoch(metrics: list[dict[str, Any]]) -> int | None:
     """The (first) epoch of the highest evaluation top-1 (the final one included)."""
     scored = [m for m in metrics if m.get("eval_acc") is not None]
     return max(scored, key=lambda m: m["eval_acc"])["epoch"] if scored else None
+
+
+def final_ranks_title(label: str, model) -> str:
+    """The heatmap's title: ``"<label>: final ranks, total T of capacity C"``, T the active
+    ranks of ``model``'s adapters and C the ranks their slots could hold."""
+    adapters = find_adapters(model)
+    total = sum(a.rank for a in adapters)
+    capacity = sum(a.layer.capacity for a in adapters)
+    return f"{label}: final ranks, total {total} of capacity {capacity}"
 
 
 def write_rank_heatmap(pattern: Mapping[str, float], path: Path, title: str, initial_rank: float | None) -> Path | None:

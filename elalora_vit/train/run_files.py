@@ -20,6 +20,8 @@ class RunFiles:
     result: Path = field(init=False)  # top-1 and the run's summary: its presence marks a finished run
     history: Path = field(init=False)  # every rank-allocation round (adapter methods)
     heatmap: Path = field(init=False)  # final rank per adapter, drawn (ViT adapter methods)
+    rank_evolution: Path = field(init=False)  # every adapter's rank over the steps (ElaLoRA, AdaLoRA)
+    importance_scores: Path = field(init=False)  # the scores each round decided on (ElaLoRA, AdaLoRA)
     adapter: Path = field(init=False)  # the trained adapters and head (adapter methods)
     weights: Path = field(init=False)  # the trained parameters (full fine-tuning, linear probing)
     checkpoint: Path = field(init=False)  # written after every epoch; a resumed run continues from it
@@ -31,6 +33,8 @@ class RunFiles:
         self.result = self.root / "result.json"
         self.history = self.root / "rank_history.json"
         self.heatmap = self.root / "rank_heatmap.png"
+        self.rank_evolution = self.root / "rank_evolution.png"
+        self.importance_scores = self.root / "importance_scores.png"
         self.adapter = self.root / "adapter.safetensors"
         self.weights = self.root / "trained.safetensors"
         self.checkpoint = self.root / "checkpoint.pt"

@@ -12,6 +12,7 @@ from torch import nn
 from ..core import RankAllocator, unwrap_model
 from .health import HealthMonitor
 from .methods import MethodSetup
+from .tracking import Tracker
 
 
 @dataclass
@@ -32,6 +33,7 @@ class RunState:
     last_eval: float | None = None  # top-1 of the latest evaluation during training
     current_rank: int | None = None  # total adapter rank; changes only in an allocation round
     checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk (None: none yet)
+    tracker: Tracker = field(default_factory=Tracker)  # log_to's; not part of the checkpoint
 
     @property
     def allocator(self) -> RankAllocator | None:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from elalora_vit.cli import main
+from elalora_vit.train.run_figures import by_kind, rank_series, score_series
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +24,24 @@ def test_quickstart_config_learns_and_moves_ranks(tmp_path, capsys):
     assert ranks != {4} and result["total_rank"] == 24 * 4
     assert (tmp_path / "qs" / "rank_heatmap.png").stat().st_size > 5000
     assert (tmp_path / "qs" / "adapter.safetensors").is_file()
+    _check_rank_figures(tmp_path / "qs", result)
+
+
+def _check_rank_figures(out, result):
+    """The quick start's rank_evolution.png and importance_scores.png draw its 24 adapters
+    (4 blocks x q, k, v, proj, fc1, fc2) at its rounds, which lie between the phase boundaries."""
+    for name in ("rank_evolution.png", "importance_scores.png"):
+        assert (out / name).stat().st_size > 5000, name
+    history = json.loads((out / "rank_history.json").read_text())
+    total = result["steps"]
+    series = rank_series(history, result["rank_pattern"], total)
+    panels = by_kind(list(series))
+    assert list(panels) == ["q", "k", "v", "proj", "fc1", "fc2"]
+    assert all([block for block, _ in members] == [0, 1, 2, 3] for members in panels.values())
+    warmup, stabilize = round(0.15 * total), round(0.3 * total)  # the config's fractions
+    assert all(warmup < r["step"] <= total - stabilize for r in history)
+    assert all(steps == [0, *(r["step"] for r in history), total] for steps, _ in series.values())
+    assert list(score_series(history)) == ["q", "k", "v", "proj", "fc1", "fc2"]
 
 
 def test_train_help_explains_the_flags(capsys):
