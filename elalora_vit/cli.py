@@ -160,6 +160,15 @@ def _list_tasks(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- adapters
+def _allocator_line(steps: int | None, rounds: int | None) -> str:
+    if steps is None:
+        return "allocator: not recorded (file written before allocator steps were saved)"
+    line = f"allocator: {steps} steps, {rounds} rounds"
+    if steps == 0:
+        line += " (the ranks never moved: was RankAllocator.step called after each optimizer step?)"
+    return line
+
+
 def _inspect_adapter(args: argparse.Namespace) -> int:
     from .core import read_adapter_metadata
 
@@ -168,6 +177,8 @@ def _inspect_adapter(args: argparse.Namespace) -> int:
     print(f"method: {meta['method']}  adapters: {len(pattern)}  total rank: {sum(pattern.values())}")
     if meta["modules_to_save"]:
         print(f"also saved: {', '.join(meta['modules_to_save'])}")
+    if meta["method"] == "elalora":
+        print(_allocator_line(meta["allocator_steps"], meta["allocator_rounds"]))
     width = max(len(n) for n in pattern)
     for name, rank in pattern.items():
         print(f"  {name:<{width}}  {rank:>3}  {'#' * rank}")

@@ -1,5 +1,6 @@
 """The backbone-agnostic ElaLoRA core: adapters, target matching, importance,
-schedule, rank allocators, regulariser and adapter I/O.
+schedule, rank allocators, regulariser, adapter I/O, and the warning for a
+training loop that never steps its allocator.
 
 Nothing here imports timm, torchvision or the data code.
 """
@@ -20,6 +21,7 @@ from .optim_state import reset_optimizer_slot
 from .param_groups import adapter_param_groups
 from .regularizer import orthogonal_regularization
 from .schedule import adjustment_steps, check_schedule, is_adjustment_step, phase, ranks_to_move
+from .watch import AllocatorNotSteppedWarning
 from .targets import (
     TargetError,
     adapted_layers,
@@ -35,6 +37,7 @@ __all__ = [
     "AdaptedLinear",
     "AdapterFileError",
     "AdapterRef",
+    "AllocatorNotSteppedWarning",
     "ConfigError",
     "ElaLoRAConfig",
     "ImportanceTracker",

@@ -5,7 +5,14 @@ active ranks (``<name>.lora_A`` (r, d_in), ``<name>.lora_E`` (r,),
 ``<name>.lora_B`` (d_part, r)), the full parameters of any extra modules that
 were trained (``modules_to_save.<module>.<param>``, e.g. a classifier head), and
 JSON metadata: the adapter config, the adapted layers and their parts, and the
-rank pattern.  Loading never executes code.
+rank pattern, and for ElaLoRA how many allocator steps and rounds ran
+(``allocator_steps``, ``allocator_rounds``: 0 steps means the ranks never moved).
+Loading never executes code.
+
+The file stores ``lambda`` itself under ``lora_E`` (PEFT's name), not the
+``theta`` the layer trains (``lambda = lambda_scale * theta``): files of
+format 1 mean the same whether they were written before or after that
+reparametrisation, and load either way.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 from .config import ElaLoRAConfig
 from .layer import AdaptedLinear, LoRALinear, SVDLinear
 from .targets import adapted_layers, patch_model, unwrap_model
+from .watch import counts_of
 
 FORMAT = "elalora-vit/adapter/1"
 
@@ -57,7 +65,7 @@ def save_adapters(
             key = name if part_name is None else f"{name}.{part_name}"
             if isinstance(layer, SVDLinear):
                 active = layer.rank_mask[part].nonzero().flatten()
-                tensors[f"{key}.lora_E"] = layer.lora_E[part, active]
+                tensors[f"{key}.lora_E"] = layer.lambdas()[part, active]
             else:
                 active = torch.arange(layer.capacity, device=layer.lora_A.device)
             tensors[f"{key}.lora_A"] = layer.lora_A[part][active]
@@ -73,6 +81,7 @@ def save_adapters(
         "layers": json.dumps(layer_info),
         "rank_pattern": json.dumps(rank_pattern),
         "modules_to_save": json.dumps(list(modules_to_save)),
+        **_allocator_counts(layers),
         **(metadata or {}),
     }
     path = Path(path)
@@ -81,6 +90,11 @@ def save_adapters(
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=header)
     os.replace(tmp, path)
     return path
+
+
+def _allocator_counts(layers) -> dict[str, str]:
+    counts = counts_of(layer for _, layer in layers if isinstance(layer, SVDLinear))
+    return counts[0].as_metadata() if counts else {}
 
 
 def read_adapter_metadata(path: str | os.PathLike) -> dict:
@@ -100,6 +114,8 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
     decoded = dict(meta)
     for key in ("config", "layers", "rank_pattern", "modules_to_save"):
         decoded[key] = json.loads(meta[key])
+    for key in ("allocator_steps", "allocator_rounds"):  # absent from files written before they were recorded
+        decoded[key] = int(meta[key]) if key in meta else None
     return decoded
 
 
@@ -129,14 +145,17 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             layer.lora_A[part, :r] = A.to(layer.lora_A)
             layer.lora_B[part, :, :r] = B.to(layer.lora_B)
             if isinstance(layer, SVDLinear):
-                layer.lora_E[part].zero_()
-                layer.lora_E[part, :r] = tensors[f"{key}.lora_E"].to(layer.lora_E)
+                layer.lora_theta[part].zero_()
+                layer.set_lambdas(tensors[f"{key}.lora_E"], (part, slice(0, r)))
                 layer.rank_mask[part] = False
                 layer.rank_mask[part, :r] = True
     for module_name in meta["modules_to_save"]:
         prefix = f"modules_to_save.{module_name}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         model.get_submodule(module_name).load_state_dict(state)
+    for counts in counts_of(layer for _, layer in adapted_layers(model)):
+        counts.allocator_steps = meta["allocator_steps"] or 0
+        counts.rounds = meta["allocator_rounds"] or 0
     return model
 
 

@@ -28,15 +28,19 @@ class ElaLoRAConfig:
         init: ``"orthogonal"`` (orthonormal rows of ``Q`` and columns of ``P``,
             the default) or ``"gaussian"`` (N(0, init_std^2), as AdaLoRA and the
             reference code).
-        lambda_lr_multiplier: learning rate of the singular values ``lambda``
-            relative to the other adapter parameters.  It acts through the
-            optimizer's parameter groups: build them with
-            :func:`adapter_param_groups` (the training loop does), otherwise it
-            has no effect.
+        lambda_lr_multiplier: how much faster the singular values ``lambda``
+            learn than the other adapter parameters.  It lives in the adapter,
+            not in the optimizer: the layer stores ``lambda = s * theta`` with
+            the fixed scale ``s = lambda_lr_multiplier`` (the buffer
+            ``lambda_scale``) and trains ``theta``, so under Adam-type
+            optimizers ``lambda`` moves ``s`` times as far per step as with
+            ``s = 1``, whatever optimizer, LR schedule or trainer is built over
+            ``model.parameters()``.  (Under plain SGD the speed-up is ``s^2``.)
+            The function at init and the importance scores do not depend on it.
 
     Why these defaults (``init="orthogonal"``, ``lambda_lr_multiplier=20``): with
     ``lambda = 0`` and P, Q ~ N(0, 0.02^2), the update ``P diag(lambda) Q`` grows as
-    the product of three small factors, and under Adam ``lambda`` moves by only
+    the product of three small factors, and under Adam a directly trained ``lambda`` would move by only
     about ``lr`` per step, while LoRA's ``B`` moves by ``lr`` in every one of its
     ``d_out`` entries.  At LoRA's learning rate the old defaults (gaussian, x1)
     trailed LoRA by 8 points in ``benchmarks/transfer.py``; unit-norm directions

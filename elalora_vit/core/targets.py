@@ -25,6 +25,7 @@ from torch import nn
 
 from .config import ElaLoRAConfig
 from .layer import AdaptedLinear, AdapterRef, LoRALinear, SVDLinear
+from .watch import watch_layers
 
 Target = Union[str, type, Callable[[str, nn.Module], bool]]
 
@@ -184,10 +185,13 @@ def patch_model(
                 init=config.init,
                 init_std=config.init_std,
                 generator=generator,
+                lambda_scale=config.lambda_lr_multiplier,
             )
         else:
             layer = LoRALinear(base, parts, config.rank, config.scaling, config.dropout, generator)
         _set_submodule(model, name, layer)
+    if method == "elalora":
+        watch_layers([model.get_submodule(n) for n in names], config.warmup_steps)
     return find_adapters(model)
 
 
