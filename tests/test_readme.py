@@ -20,3 +20,17 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     assert alloc.total_rank() == alloc.initial_total_rank
     assert alloc.history, "the example should run at least one adjustment round"
     assert (tmp_path / "adapter.safetensors").is_file()
+
+
+def test_language_model_example_runs(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    (example,) = [block for block in _python_blocks() if "ElaLoRACallback" in block]
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["callback"].allocator.step_count == 30
+    assert namespace["callback"].allocator.history, "the example should run at least one adjustment round"
+    assert (tmp_path / "bert-adapter.safetensors").is_file()
+    assert (tmp_path / "runs" / "bert-elalora" / "checkpoint-30" / "elalora_allocator.pt").is_file()
