@@ -418,6 +418,7 @@ def summarise(runs: list[dict], settings: Settings) -> list[dict]:
             "rank": settings.rank if best[0]["kind"] in ("elalora", "lora", "peft-lora", "adalora") else None,
             "trainable_params": round(statistics.mean(r["trainable_params"] for r in best)),  # ElaLoRA's varies
             "lr": best_lr,
+            "lr_at_grid_edge": len(by_lr) > 1 and best_lr in (min(by_lr), max(by_lr)),
             "val_acc_mean": round(statistics.mean(r["val_acc"] for r in best), 2),
             "test_acc_mean": round(statistics.mean(tests), 2),
             "test_acc_std": round(statistics.stdev(tests), 2) if len(tests) > 1 else 0.0,
@@ -463,8 +464,9 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         rank = "-" if r["rank"] is None else str(r["rank"])
+        edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
         lines.append(
-            f"| {r['method']} | {rank} | {r['trainable_params']:,} | {r['lr']:g} | {r['val_acc_mean']:.1f} | "
+            f"| {r['method']} | {rank} | {r['trainable_params']:,} | {r['lr']:g}{edge} | {r['val_acc_mean']:.1f} | "
             f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} |"
         )
     return "\n".join(lines)
@@ -483,6 +485,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--rank", type=int)
     parser.add_argument("--width", type=int, help="embedding width of the ViT (default 64; heads of width 64)")
+    parser.add_argument("--shots-val", type=int, help="validation images per class (default 20; at most ~130)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "elalora-vit-transfer"),
                         help="where the pre-trained backbone is cached")
     parser.add_argument("--json", help="write every run and the summary to this file")
@@ -508,7 +511,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     for name in ("seeds", "lrs"):
         if getattr(args, name):
             setattr(settings, name, tuple(getattr(args, name)))
-    for name in ("epochs", "rank"):
+    for name in ("epochs", "rank", "shots_val"):
         if getattr(args, name):
             setattr(settings, name, getattr(args, name))
     if args.width:
@@ -536,13 +539,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{len(data['test'].y)} test images; rank {settings.rank}; lr grid {list(settings.lrs)}; "
           f"seeds {list(settings.seeds)}; {settings.epochs} epochs of batch {settings.batch_size}")
     runs = []
-    for name, (kind, overrides) in settings.methods.items():
+    partial = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
+    # Seeds outermost: a run stopped by a time limit still holds whole seeds of every method and LR.
+    for seed in settings.seeds:
         for lr in settings.lrs:
-            for seed in settings.seeds:
+            for name, (kind, overrides) in settings.methods.items():
                 result = train_one(kind, overrides, settings, lr, seed, backbone, data)
                 runs.append({"method": name, "kind": kind, "overrides": overrides, "lr": lr, "seed": seed, **result})
                 print(f"  {name:<36} lr {lr:<7g} seed {seed}: val {result['val_acc']:5.1f}  "
                       f"test {result['test_acc']:5.2f}  ({result['seconds']:.1f} s)", flush=True)
+                if partial is not None:
+                    with open(partial, "a") as f:
+                        f.write(json.dumps(runs[-1]) + "\n")
     rows = summarise(runs, settings)
     paired = [d for d in (paired_difference(rows, "elalora", "lora"),
                           paired_difference(rows, "elalora", "elalora (old defaults)")) if d]
