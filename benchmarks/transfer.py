@@ -472,6 +472,37 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summarise_run_files(paths: Sequence[str], a: str = "elalora", b: str = "lora") -> str:
+    """Markdown: per ``<json>.runs.jsonl`` file (one width and rank each), ``a`` and ``b`` at their
+    val-chosen LR, and ``a - b`` paired by seed at those LRs and at every LR of the grid.  Only
+    seeds with every method and LR are used, so a run stopped by a time limit is summarised fairly."""
+    lines = ["| runs | seeds | method | LR (val-chosen) | val acc | test acc | val-chosen: "
+             f"{a} − {b}, paired | same LR: {a} − {b}, paired (mean ± std) |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
+    for path in paths:
+        runs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        lrs = sorted({r["lr"] for r in runs})
+        methods = [m for m in (a, b) if any(r["method"] == m for r in runs)]
+        cells = {(r["method"], r["lr"], r["seed"]) for r in runs}
+        seeds = sorted(s for s in {r["seed"] for r in runs}
+                       if all((m, lr, s) in cells for m in methods for lr in lrs))
+        runs = [r for r in runs if r["seed"] in seeds]
+        if not seeds:
+            continue
+        rows = summarise(runs, Settings(model={}, lrs=tuple(lrs)))
+        chosen = paired_difference(rows, a, b)
+        same = paired_at_each_lr(runs, a, b)
+        same_text = "; ".join(f"{float(lr):g}: {v['mean']:+.2f} ± {v['std']:.2f}" for lr, v in same["by_lr"].items())
+        for row in rows:
+            edge = " (edge)" if row["lr_at_grid_edge"] else ""
+            lines.append(
+                f"| {Path(path).name.split('.')[0]} | {len(seeds)} | {row['method']} | {row['lr']:g}{edge} | "
+                f"{row['val_acc_mean']:.1f} | {row['test_acc_mean']:.2f} ± {row['test_acc_std']:.2f} | "
+                + (f"{chosen['mean']:+.2f} ± {chosen['std']:.2f} | {same_text} |" if row["method"] == a else " | |")
+            )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -489,6 +520,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "elalora-vit-transfer"),
                         help="where the pre-trained backbone is cached")
     parser.add_argument("--json", help="write every run and the summary to this file")
+    parser.add_argument("--summarise", nargs="+", metavar="RUNS_JSONL",
+                        help="only summarise <json>.runs.jsonl files of earlier runs (elalora vs lora) as markdown")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     return parser.parse_args(argv)
 
@@ -521,6 +554,10 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.summarise:
+        table = summarise_run_files(args.summarise)
+        print(table)
+        return {"table": table}
     torch.set_num_threads(args.threads)
     settings = build_settings(args)
     started = time.time()
