@@ -261,7 +261,17 @@ def _list_tasks(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- adapters
+def _allocator_line(steps: int | None, rounds: int | None) -> str:
+    if steps is None:
+        return "allocator: not recorded (file written before allocator steps were saved)"
+    line = f"allocator: {steps} steps, {rounds} rounds"
+    if steps == 0:
+        line += " (the ranks never moved: was RankAllocator.step called after each optimizer step?)"
+    return line
+
+
 def _inspect_adapter(args: argparse.Namespace) -> int:
+    from .core.registry import get_method, method_names
     from .use.rebuild import read_weights_metadata
 
     meta = read_weights_metadata(args.path)
@@ -277,6 +287,8 @@ def _inspect_adapter(args: argparse.Namespace) -> int:
         print(f"backbone fingerprint: {meta['backbone_fingerprint']}")
     if meta["modules_to_save"]:
         print(f"also saved: {', '.join(meta['modules_to_save'])}")
+    if meta["method"] in method_names() and get_method(meta["method"]).allocator is not None:  # ranks move
+        print(_allocator_line(meta.get("allocator_steps"), meta.get("allocator_rounds")))
     width = max((len(n) for n in pattern or ()), default=0)
     for name, rank in (pattern or {}).items():
         print(f"  {name:<{width}}  {rank:>3}  {'#' * rank}")

@@ -35,7 +35,7 @@ def adapter_tensors(model) -> dict[str, torch.Tensor]:
     return {
         f"{name}.{attr}": getattr(layer, attr).detach().clone()
         for name, layer in adapted_layers(model)
-        for attr in ("lora_A", "lora_E", "lora_B", "rank_mask")
+        for attr in ("lora_A", "lora_theta", "lora_B", "rank_mask", "lambda_scale")
     }
 
 
