@@ -58,7 +58,7 @@ def install_core_faults(nan_loss_at: int | None, nan_loss_on: int | None, skew_s
         return loss
 
     def step(self, optimizer=None, *, skipped=False):
-        grads = [p.grad for layer in self.layers for p in (layer.lora_A, layer.lora_E, layer.lora_B)]
+        grads = [p.grad for layer in self.layers for p in (layer.lora_A, layer.lora_theta, layer.lora_B)]
         finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
         snapshots["steps"].append({"skipped": bool(skipped), "grads_finite": finite})
         return original_step(self, optimizer, skipped=skipped)
