@@ -62,7 +62,7 @@ def patched(model_name: str, img: int, rank: int, device: str):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a trained-looking adapter: non-zero singular values
         for name, p in model.named_parameters():
-            if name.endswith("lora_E"):
+            if name.endswith("lora_theta"):
                 p.copy_(torch.randn(p.shape, generator=g).to(p))
     return model.eval()
 

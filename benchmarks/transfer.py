@@ -418,6 +418,7 @@ def summarise(runs: list[dict], settings: Settings) -> list[dict]:
             "rank": settings.rank if best[0]["kind"] in ("elalora", "lora", "peft-lora", "adalora") else None,
             "trainable_params": round(statistics.mean(r["trainable_params"] for r in best)),  # ElaLoRA's varies
             "lr": best_lr,
+            "lr_at_grid_edge": len(by_lr) > 1 and best_lr in (min(by_lr), max(by_lr)),
             "val_acc_mean": round(statistics.mean(r["val_acc"] for r in best), 2),
             "test_acc_mean": round(statistics.mean(tests), 2),
             "test_acc_std": round(statistics.stdev(tests), 2) if len(tests) > 1 else 0.0,
@@ -463,10 +464,42 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         rank = "-" if r["rank"] is None else str(r["rank"])
+        edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
         lines.append(
-            f"| {r['method']} | {rank} | {r['trainable_params']:,} | {r['lr']:g} | {r['val_acc_mean']:.1f} | "
+            f"| {r['method']} | {rank} | {r['trainable_params']:,} | {r['lr']:g}{edge} | {r['val_acc_mean']:.1f} | "
             f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def summarise_run_files(paths: Sequence[str], a: str = "elalora", b: str = "lora") -> str:
+    """Markdown: per ``<json>.runs.jsonl`` file (one width and rank each), ``a`` and ``b`` at their
+    val-chosen LR, and ``a - b`` paired by seed at those LRs and at every LR of the grid.  Only
+    seeds with every method and LR are used, so a run stopped by a time limit is summarised fairly."""
+    lines = ["| runs | seeds | method | LR (val-chosen) | val acc | test acc | val-chosen: "
+             f"{a} − {b}, paired | same LR: {a} − {b}, paired (mean ± std) |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
+    for path in paths:
+        runs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        lrs = sorted({r["lr"] for r in runs})
+        methods = [m for m in (a, b) if any(r["method"] == m for r in runs)]
+        cells = {(r["method"], r["lr"], r["seed"]) for r in runs}
+        seeds = sorted(s for s in {r["seed"] for r in runs}
+                       if all((m, lr, s) in cells for m in methods for lr in lrs))
+        runs = [r for r in runs if r["seed"] in seeds]
+        if not seeds:
+            continue
+        rows = summarise(runs, Settings(model={}, lrs=tuple(lrs)))
+        chosen = paired_difference(rows, a, b)
+        same = paired_at_each_lr(runs, a, b)
+        same_text = "; ".join(f"{float(lr):g}: {v['mean']:+.2f} ± {v['std']:.2f}" for lr, v in same["by_lr"].items())
+        for row in rows:
+            edge = " (edge)" if row["lr_at_grid_edge"] else ""
+            lines.append(
+                f"| {Path(path).name.split('.')[0]} | {len(seeds)} | {row['method']} | {row['lr']:g}{edge} | "
+                f"{row['val_acc_mean']:.1f} | {row['test_acc_mean']:.2f} ± {row['test_acc_std']:.2f} | "
+                + (f"{chosen['mean']:+.2f} ± {chosen['std']:.2f} | {same_text} |" if row["method"] == a else " | |")
+            )
     return "\n".join(lines)
 
 
@@ -483,9 +516,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--rank", type=int)
     parser.add_argument("--width", type=int, help="embedding width of the ViT (default 64; heads of width 64)")
+    parser.add_argument("--shots-val", type=int, help="validation images per class (default 20; at most ~130)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "elalora-vit-transfer"),
                         help="where the pre-trained backbone is cached")
     parser.add_argument("--json", help="write every run and the summary to this file")
+    parser.add_argument("--summarise", nargs="+", metavar="RUNS_JSONL",
+                        help="only summarise <json>.runs.jsonl files of earlier runs (elalora vs lora) as markdown")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     return parser.parse_args(argv)
 
@@ -508,7 +544,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     for name in ("seeds", "lrs"):
         if getattr(args, name):
             setattr(settings, name, tuple(getattr(args, name)))
-    for name in ("epochs", "rank"):
+    for name in ("epochs", "rank", "shots_val"):
         if getattr(args, name):
             setattr(settings, name, getattr(args, name))
     if args.width:
@@ -518,6 +554,10 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.summarise:
+        table = summarise_run_files(args.summarise)
+        print(table)
+        return {"table": table}
     torch.set_num_threads(args.threads)
     settings = build_settings(args)
     started = time.time()
@@ -536,13 +576,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{len(data['test'].y)} test images; rank {settings.rank}; lr grid {list(settings.lrs)}; "
           f"seeds {list(settings.seeds)}; {settings.epochs} epochs of batch {settings.batch_size}")
     runs = []
-    for name, (kind, overrides) in settings.methods.items():
+    partial = Path(args.json).with_suffix(".runs.jsonl") if args.json else None
+    # Seeds outermost: a run stopped by a time limit still holds whole seeds of every method and LR.
+    for seed in settings.seeds:
         for lr in settings.lrs:
-            for seed in settings.seeds:
+            for name, (kind, overrides) in settings.methods.items():
                 result = train_one(kind, overrides, settings, lr, seed, backbone, data)
                 runs.append({"method": name, "kind": kind, "overrides": overrides, "lr": lr, "seed": seed, **result})
                 print(f"  {name:<36} lr {lr:<7g} seed {seed}: val {result['val_acc']:5.1f}  "
                       f"test {result['test_acc']:5.2f}  ({result['seconds']:.1f} s)", flush=True)
+                if partial is not None:
+                    with open(partial, "a") as f:
+                        f.write(json.dumps(runs[-1]) + "\n")
     rows = summarise(runs, settings)
     paired = [d for d in (paired_difference(rows, "elalora", "lora"),
                           paired_difference(rows, "elalora", "elalora (old defaults)")) if d]

@@ -133,7 +133,8 @@ def _add_train(sub) -> None:
             "below, then --set KEY=VALUE (any config key, e.g. adapter.b=2). Outputs go to "
             "runs/<task>/<method>/seed<seed> unless --output says otherwise: config.yaml, metrics.jsonl, "
             "result.json and checkpoint.pt (written every epoch; --resume continues from it); elalora, lora and "
-            "adalora also write adapter.safetensors, rank_history.json and rank_heatmap.png; full and linear "
+            "adalora also write adapter.safetensors, rank_history.json and rank_heatmap.png (elalora and adalora "
+            "also rank_evolution.png and importance_scores.png); full and linear "
             "write trained.safetensors. 'elalora-vit evaluate' adds eval-<split>.json. A folder holding a run is never overwritten "
             "without --resume or --overwrite. Ctrl-C stops with exit code 130 and prints the command that "
             "continues the run."
@@ -261,7 +262,17 @@ def _list_tasks(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- adapters
+def _allocator_line(steps: int | None, rounds: int | None) -> str:
+    if steps is None:
+        return "allocator: not recorded (file written before allocator steps were saved)"
+    line = f"allocator: {steps} steps, {rounds} rounds"
+    if steps == 0:
+        line += " (the ranks never moved: was RankAllocator.step called after each optimizer step?)"
+    return line
+
+
 def _inspect_adapter(args: argparse.Namespace) -> int:
+    from .core.registry import get_method, method_names
     from .use.rebuild import read_weights_metadata
 
     meta = read_weights_metadata(args.path)
@@ -277,6 +288,8 @@ def _inspect_adapter(args: argparse.Namespace) -> int:
         print(f"backbone fingerprint: {meta['backbone_fingerprint']}")
     if meta["modules_to_save"]:
         print(f"also saved: {', '.join(meta['modules_to_save'])}")
+    if meta["method"] in method_names() and get_method(meta["method"]).allocator is not None:  # ranks move
+        print(_allocator_line(meta.get("allocator_steps"), meta.get("allocator_rounds")))
     width = max((len(n) for n in pattern or ()), default=0)
     for name, rank in (pattern or {}).items():
         print(f"  {name:<{width}}  {rank:>3}  {'#' * rank}")

@@ -35,8 +35,8 @@ def test_every_other_python_snippet_runs_after_the_example(tmp_path, monkeypatch
     """The later blocks are fragments that continue the first example; the names they
     leave to the reader (a loss function, the parameters to clip, a batch) are supplied."""
     monkeypatch.chdir(tmp_path)
-    example, *snippets = _python_blocks()
-    assert len(snippets) >= 2, "the README's Mixed precision and Recommended settings snippets"
+    example, *snippets = [block for block in _python_blocks() if not _standalone(block)]
+    assert len(snippets) >= 1, "the README's Mixed precision snippet"
     namespace: dict = {}
     _run(example, namespace)
     model = namespace["model"]
@@ -54,3 +54,48 @@ def test_every_other_python_snippet_runs_after_the_example(tmp_path, monkeypatch
             _run(snippet, namespace)
         if "alloc.step" in snippet:
             assert namespace["alloc"].step_count == steps_before + 1
+
+
+def test_language_model_example_runs(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    (example,) = [block for block in _python_blocks() if "ElaLoRACallback" in block]
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["callback"].allocator.step_count == 30
+    assert namespace["callback"].allocator.history, "the example should run at least one adjustment round"
+    assert (tmp_path / "bert-adapter.safetensors").is_file()
+    assert (tmp_path / "runs" / "bert-elalora" / "checkpoint-30" / "elalora_allocator.pt").is_file()
+
+
+def _standalone(block: str) -> bool:
+    """Blocks with a test of their own: the language-model example and the trained-run tour."""
+    return "ElaLoRACallback" in block or "load_run(" in block
+
+
+def test_using_a_trained_adapter_runs(tmp_path, monkeypatch):
+    """The tour of a finished run (evaluate, predict, export) on a real quick-start run,
+    shortened to one epoch, and its NLP part on a tiny BERT."""
+    import pytest
+    from PIL import Image
+
+    transformers = pytest.importorskip("transformers")
+    from elalora_vit import cli
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart-digits.yaml"
+    assert cli.main(["train", "--config", str(config), "--no-progress", "--set", "optim.epochs=1",
+                     "--set", "model.kwargs={img_size: 32, patch_size: 8, depth: 1}"]) == 0
+    Image.new("RGB", (8, 8), (200, 30, 30)).save("a.png")
+    (block,) = [block for block in _python_blocks() if "load_run(" in block]
+    namespace: dict = {}
+    _run(_python_blocks()[0], namespace)  # patch_model and cfg, as the reader has them
+    bert_config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=64, num_labels=2)
+    namespace["bert"] = transformers.BertForSequenceClassification(bert_config)
+    _run(block, namespace)
+    assert (tmp_path / "runs/quickstart-digits/elalora/seed0/eval-val200.json").is_file()
+    assert (tmp_path / "exported/digits-timm/config.json").is_file()
+    assert (tmp_path / "exported/bert-peft/adapter_config.json").is_file()

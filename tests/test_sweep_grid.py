@@ -16,7 +16,7 @@ from elalora_vit.core.config import ConfigError
 from elalora_vit.sweep import collect_results, plan_sweep, run_sweep, shard_runs, write_report
 from elalora_vit.sweep.grid import Variant, base_method, expand_grid, format_value, parse_grid
 from elalora_vit.train import train
-from tests.test_sweep import TINY, _one_thread, cli_set_flags, write_task  # noqa: F401  (fixture)
+from tests.test_sweep import TINY, _one_thread, cli_set_flags, write_task  # noqa: F401  (_one_thread: a fixture)
 
 GRID = {"adapter.b": [2, 4], "adapter.k": [1]}
 B2, B4 = "elalora[adapter.b=2,adapter.k=1]", "elalora[adapter.b=4,adapter.k=1]"

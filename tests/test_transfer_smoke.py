@@ -47,3 +47,9 @@ def test_quick_run_reports_every_method(transfer, tmp_path, capsys):
     # A second run finds the backbone in the cache.
     again = transfer.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--methods", "linear probe"])
     assert again["pretrain"] == result["pretrain"]
+
+    # Every run was also appended to <json>.runs.jsonl, which --summarise turns into the paired table.
+    partial = out.with_suffix(".runs.jsonl")
+    assert len(partial.read_text().splitlines()) == len(runs)
+    table = transfer.main(["--summarise", str(partial)])["table"]
+    assert "| transfer | 1 | elalora |" in table and "| transfer | 1 | lora |" in table

@@ -1,5 +1,6 @@
 """The backbone-agnostic ElaLoRA core: adapters, target matching, importance,
-schedule, rank allocators, regulariser, adapter I/O and the method registry.
+schedule, rank allocators, regulariser, adapter I/O, the method registry, and the
+warning for a training loop that never steps its allocator.
 
 Nothing here imports timm, torchvision or the data code.
 """
@@ -27,6 +28,7 @@ from .inject import patch_model, unpatch_model
 from .layer import adapted_layers, find_adapters, unwrap_model
 from .registry import Method, get_method, method_names, register_method
 from .targets import TargetError, match_targets
+from .watch import AllocatorNotSteppedWarning
 
 __all__ = [
     "AdaLoRAAllocator",
@@ -34,6 +36,7 @@ __all__ = [
     "AdapterFileError",
     "AdapterRef",
     "BackboneMismatchError",
+    "AllocatorNotSteppedWarning",
     "ConfigError",
     "ElaLoRAConfig",
     "ImportanceTracker",

@@ -8,7 +8,14 @@ JSON metadata: the adapter config, the adapted layers and their parts, and the
 rank pattern, the method that trained them, and a fingerprint of the frozen
 backbone they were trained on (:func:`backbone_fingerprint`); callers add what
 rebuilds the model (e.g. the timm name).  Loading never executes code, and
-refuses a backbone whose fingerprint differs from the recorded one.
+refuses a backbone whose fingerprint differs from the recorded one.  For ElaLoRA the
+file also records how many allocator steps and rounds ran (``allocator_steps``,
+``allocator_rounds``: 0 steps means the ranks never moved).
+
+The file stores ``lambda`` itself under ``lora_E`` (PEFT's name), not the
+``theta`` the layer trains (``lambda = lambda_scale * theta``): files of
+format 1 mean the same whether they were written before or after that
+reparametrisation, and load either way.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from .fingerprint import backbone_fingerprint
 from .inject import patch_model
 from .layer import AdaptedLinear, AdapterRef, SVDLinear, adapted_layers, find_adapters, unwrap_model
 from .registry import adapter_forms, form_of, get_method, method_names
+from .watch import counts_of
 
 FORMAT = "elalora-vit/adapter/1"
 
@@ -80,6 +88,7 @@ def save_adapters(
         "layers": json.dumps(layer_info),
         "rank_pattern": json.dumps(rank_pattern),
         "modules_to_save": json.dumps(list(modules_to_save)),
+        **_allocator_counts(layers),
         **(metadata or {}),
     }
     path = Path(path)
@@ -104,6 +113,11 @@ def _adapter_tensors(adapter: AdapterRef) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _allocator_counts(layers) -> dict[str, str]:
+    counts = counts_of(layer for _, layer in layers if isinstance(layer, SVDLinear))
+    return counts[0].as_metadata() if counts else {}
+
+
 def read_adapter_metadata(path: str | os.PathLike) -> dict:
     """The decoded metadata of an adapter file (config, layers, rank pattern, ...)."""
     path = Path(path)
@@ -123,6 +137,8 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
         decoded[key] = json.loads(meta[key])
     # Files written before "layer_form" existed named the layer form in "method".
     decoded.setdefault("layer_form", meta.get("method"))
+    for key in ("allocator_steps", "allocator_rounds"):  # absent from files written before they were recorded
+        decoded[key] = int(meta[key]) if key in meta else None
     return decoded
 
 
@@ -155,6 +171,9 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: 
         prefix = f"modules_to_save.{module_name}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         model.get_submodule(module_name).load_state_dict(state)
+    for counts in counts_of(layer for _, layer in adapted_layers(model)):
+        counts.allocator_steps = meta["allocator_steps"] or 0
+        counts.rounds = meta["allocator_rounds"] or 0
     return model
 
 
@@ -166,8 +185,8 @@ def _load_adapter(adapter: AdapterRef, tensors: dict[str, torch.Tensor]) -> None
     layer.lora_A[part, :r] = A.to(layer.lora_A)
     layer.lora_B[part, :, :r] = B.to(layer.lora_B)
     if isinstance(layer, SVDLinear):
-        layer.lora_E[part].zero_()
-        layer.lora_E[part, :r] = tensors[f"{adapter.name}.lora_E"].to(layer.lora_E)
+        layer.lora_theta[part].zero_()
+        layer.set_lambdas(tensors[f"{adapter.name}.lora_E"], (part, slice(0, r)))  # the file holds lambda itself
         layer.rank_mask[part] = False
         layer.rank_mask[part, :r] = True
 

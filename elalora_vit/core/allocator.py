@@ -37,6 +37,7 @@ from .layer import SVDLinear, find_adapters
 from .optim_state import reset_optimizer_slot
 from .schedule import adjustment_progress, check_schedule, is_adjustment_step, ranks_to_move, scores_are_updated
 from .score_summary import summarize_scores
+from .watch import counts_of
 
 
 @dataclass
@@ -100,6 +101,7 @@ class RankAllocator:
         self.skipped_steps = 0
         self.history: list[RoundRecord] = []
         self.initial_total_rank = self.total_rank()
+        self._counts = counts_of(self.layers)  # what save_adapters records, and the no-op warning reads
 
     # ----------------------------------------------------------------- queries
     def rank_pattern(self) -> dict[str, int]:
@@ -136,12 +138,19 @@ class RankAllocator:
             return None
         record = self.adjust(b, optimizer)
         self.history.append(record)
+        self._publish_counts()
         return record
+
+    def _publish_counts(self) -> None:
+        for counts in self._counts:
+            counts.allocator_steps = self.step_count
+            counts.rounds = len(self.history)
 
     def _advance(self, skipped: bool) -> int:
         """Count one step and fold its gradients into the scores (unless not finite)."""
         self.step_count += 1
         t = self.step_count
+        self._publish_counts()
         if scores_are_updated(t, self.total_steps, self.config) and (skipped or not self.tracker.update()):
             self.skipped_steps += 1
         return t
@@ -178,7 +187,7 @@ class RankAllocator:
         li, part = self._owner[adapter]
         layer = self.layers[li]
         layer.rank_mask[part, slot] = False
-        layer.lora_E[part, slot] = 0.0
+        layer.lora_theta[part, slot] = 0.0
         self._reset_slot_state(li, part, slot, optimizer)
 
     @torch.no_grad()
@@ -193,7 +202,7 @@ class RankAllocator:
         Q, P = layer.lora_A[part], layer.lora_B[part]
         Q[slot] = _orthogonal_unit_vector(Q[active], self.generator).to(Q)
         P[:, slot] = _orthogonal_unit_vector(P[:, active].T, self.generator).to(P)
-        layer.lora_E[part, slot] = 0.0
+        layer.lora_theta[part, slot] = 0.0  # lambda = 0: the function does not jump
         mask[slot] = True
         self._reset_slot_state(li, part, slot, optimizer)
         return slot
@@ -202,7 +211,7 @@ class RankAllocator:
         layer = self.layers[li]
         self.tracker.reset_slot(li, part, slot)
         reset_optimizer_slot(optimizer, layer.lora_A, (part, slot))
-        reset_optimizer_slot(optimizer, layer.lora_E, (part, slot))
+        reset_optimizer_slot(optimizer, layer.lora_theta, (part, slot))
         reset_optimizer_slot(optimizer, layer.lora_B, (part, slice(None), slot))
 
     # ------------------------------------------------------------- persistence
@@ -245,6 +254,7 @@ class RankAllocator:
         self.skipped_steps = int(state["skipped_steps"])
         self.history = [RoundRecord(**r) for r in state["history"]]
         self.initial_total_rank = int(state["initial_total_rank"])
+        self._publish_counts()
 
 
 def plan_round(
@@ -365,6 +375,7 @@ class AdaLoRAAllocator(RankAllocator):
             return None
         record = self.prune_to_budget(excess, optimizer)
         self.history.append(record)
+        self._publish_counts()
         return record
 
     @torch.no_grad()

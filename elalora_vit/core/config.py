@@ -46,7 +46,7 @@ class ElaLoRAConfig:
 
     Why these defaults (``init="orthogonal"``, ``lambda_lr_multiplier=20``): with
     ``lambda = 0`` and P, Q ~ N(0, 0.02^2), the update ``P diag(lambda) Q`` grows as
-    the product of three small factors, and under Adam ``lambda`` moves by only
+    the product of three small factors, and under Adam a directly trained ``lambda`` would move by only
     about ``lr`` per step, while LoRA's ``B`` moves by ``lr`` in every one of its
     ``d_out`` entries.  At LoRA's learning rate the old defaults (gaussian, x1)
     trailed LoRA by 8 points in ``benchmarks/transfer.py``; unit-norm directions
@@ -54,9 +54,13 @@ class ElaLoRAConfig:
     function is unchanged at init, scores are computed as before).  See
     BENCHMARKS.md, "Transfer learning: ElaLoRA vs LoRA at equal budget".
 
-    ``lambda_lr_multiplier`` acts through the optimizer's parameter groups: build
-    them with :func:`adapter_param_groups` (the training loop does), otherwise it
-    has no effect.
+    ``lambda_lr_multiplier`` lives in the adapter, not in the optimizer: the layer
+    stores ``lambda = s * theta`` with the fixed scale ``s = lambda_lr_multiplier``
+    (the buffer ``lambda_scale``) and trains ``theta``, so under Adam-type optimizers
+    ``lambda`` moves ``s`` times as far per step as with ``s = 1``, whatever
+    optimizer, LR schedule or trainer is built over ``model.parameters()`` (under
+    plain SGD the speed-up is ``s^2``). The function at init and the importance
+    scores do not depend on it.
 
     ``cubic_schedule`` (deprecated, not a field) is still accepted: true is
     ``schedule="cubic"``, false ``schedule="constant"``, with a ``FutureWarning``.
@@ -68,7 +72,8 @@ class ElaLoRAConfig:
     dropout: float = setting(0.0, "dropout on the adapter input (0 disables it)")
     init: str = setting("orthogonal", "orthogonal (orthonormal P, Q) | gaussian (std init_std, as AdaLoRA)")
     init_std: float = setting(0.02, "std of the random P and Q when init is gaussian")
-    lambda_lr_multiplier: float = setting(20.0, "lambda learning rate = adapter learning rate x this (SVD adapters)")
+    lambda_lr_multiplier: float = setting(
+        20.0, "lambda learns this much faster: the adapter stores lambda = this x theta (SVD adapters)")
     k: int = setting(2, "candidates offered per adapter per round")
     b: int = setting(4, "ranks moved per round at the start of the adjustment phase")
     beta1: float = setting(0.85, "EMA factor of the sensitivity")

@@ -19,7 +19,7 @@ from torch import nn
 from .layer import adapted_layers, unwrap_model
 
 # State-dict entries that belong to the adapters, not to the backbone.
-_ADAPTER_KEYS = ("lora_A", "lora_B", "lora_E", "rank_mask")
+_ADAPTER_KEYS = ("lora_A", "lora_B", "lora_E", "lora_theta", "lambda_scale", "rank_mask")
 
 
 def backbone_fingerprint(model: nn.Module, exclude: Sequence[str] = ()) -> str:

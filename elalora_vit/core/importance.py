@@ -11,6 +11,11 @@ and the score of rank i of an adapter (its triplet) is
 
     S_i = s(lambda_i) + mean_j s(P_ji) + mean_j s(Q_ij).
 
+``lambda`` is stored as ``lambda_scale * theta`` (see ``layer.py``); the
+tracker scores the parameter ``theta`` the optimizer trains, and
+``|theta * dL/dtheta| = |lambda * dL/dlambda|``, so the scores are those of
+``lambda``, equal to PEFT AdaLoRA's whatever ``lambda_scale`` is.
+
 The EMAs of every adapter tensor are updated together with ``torch._foreach``
 kernels: a fixed number of kernel launches per step, whatever the model size.
 """
@@ -32,7 +37,7 @@ class ImportanceTracker:
         self.layers = list(layers)
         self.beta1 = beta1
         self.beta2 = beta2
-        self.params = [t for layer in self.layers for t in (layer.lora_A, layer.lora_E, layer.lora_B)]
+        self.params = [t for layer in self.layers for t in (layer.lora_A, layer.lora_theta, layer.lora_B)]
         self.ibar = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self.ubar = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
 
@@ -77,7 +82,7 @@ class ImportanceTracker:
         """Fresh (zero) statistics for one rank of one adapter."""
         for stats in (self.ibar, self.ubar):
             stats[3 * index][part, slot].zero_()  # row of Q
-            stats[3 * index + 1][part, slot].zero_()  # lambda
+            stats[3 * index + 1][part, slot].zero_()  # lambda (its theta)
             stats[3 * index + 2][part, :, slot].zero_()  # column of P
 
     def state_dict(self) -> dict:

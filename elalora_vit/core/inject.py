@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from .config import ElaLoRAConfig
-from .layer import AdaptedLinear, AdapterRef, find_adapters
+from .layer import AdaptedLinear, AdapterRef, SVDLinear, find_adapters
 from .registry import adapter_forms, get_method
 from .targets import Target, TargetError, match_targets, resolve_split
+from .watch import watch_layers
 
 
 def patch_model(
@@ -57,6 +58,8 @@ def patch_model(
     for name in names:
         layer = layer_class.from_config(model.get_submodule(name), parts_of.get(name), config, generator)
         _set_submodule(model, name, layer)
+    if issubclass(layer_class, SVDLinear):  # its ranks move only if an allocator is stepped: watch that
+        watch_layers([model.get_submodule(n) for n in names], config.warmup_steps)
     return find_adapters(model)
 
 

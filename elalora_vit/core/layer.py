@@ -10,14 +10,27 @@ Shapes, with ``n`` parts, ``R`` slots (capacity), ``d_in`` inputs and
 ``d_part = out_features / n`` outputs per part:
 
     lora_A  (n, R, d_in)     Q  (right singular vectors, rows)
-    lora_E  (n, R)           lambda (singular values)          [SVD form only]
+    lora_theta (n, R)        theta, with lambda = lambda_scale * theta   [SVD form only]
     lora_B  (n, d_part, R)   P  (left singular vectors, columns)
     rank_mask (n, R) bool    active slots                      [SVD form only]
+    lambda_scale () float    s, fixed: lambda = s * theta      [SVD form only]
+
+Why lambda is stored as ``s * theta``: under Adam every parameter moves by about
+the learning rate per step, whatever its gradient's size.  ``lambda`` starts at
+zero and *is* the magnitude of the update, while every entry of LoRA's ``B``
+moves by ``lr``; training ``theta`` makes ``lambda`` move ``s`` times faster
+under any optimizer, learning-rate schedule or trainer built over
+``model.parameters()``.  The importance score is unchanged by this:
+``|theta * dL/dtheta| = |(lambda / s) * (s * dL/dlambda)| = |lambda * dL/dlambda|``.
+(Format history: before the state-dict format 2 of this layer, ``lora_E`` held
+``lambda`` itself and the speed-up came from an optimizer parameter group;
+:meth:`SVDLinear._load_from_state_dict` converts such state dicts.)
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -164,17 +177,21 @@ class SVDLinear(AdaptedLinear):
         init: str = "gaussian",
         init_std: float = 0.02,
         generator: torch.Generator | None = None,
+        lambda_scale: float = 1.0,
     ):
         super().__init__(base_layer, parts, capacity, dropout)
+        if not lambda_scale > 0:
+            raise ValueError(f"lambda_scale must be > 0, got {lambda_scale!r}")
         n, d_in, d_part = self.n_parts, self.in_features, self.part_features
         factory = {"device": base_layer.weight.device, "dtype": _adapter_dtype(base_layer.weight)}
         self.scaling = float(scaling)
         self.lora_A = nn.Parameter(torch.empty(n, capacity, d_in, **factory))
-        self.lora_E = nn.Parameter(torch.zeros(n, capacity, **factory))
+        self.lora_theta = nn.Parameter(torch.zeros(n, capacity, **factory))
         self.lora_B = nn.Parameter(torch.empty(n, d_part, capacity, **factory))
         mask = torch.zeros(n, capacity, dtype=torch.bool, device=factory["device"])
         mask[:, :rank] = True
         self.register_buffer("rank_mask", mask)
+        self.register_buffer("lambda_scale", torch.tensor(float(lambda_scale), **factory))
         self.reset_factors(init, init_std, generator)
 
     @classmethod
@@ -189,6 +206,7 @@ class SVDLinear(AdaptedLinear):
             init=config.init,
             init_std=config.init_std,
             generator=generator,
+            lambda_scale=config.lambda_lr_multiplier,
         )
 
     @staticmethod
@@ -206,10 +224,32 @@ class SVDLinear(AdaptedLinear):
                 self.lora_B[p].copy_(_orthonormal_rows(self.capacity, self.part_features, generator).T)
         else:
             raise ValueError(f"unknown init {init!r}; expected 'gaussian' or 'orthogonal'")
-        self.lora_E.zero_()
+        self.lora_theta.zero_()
+
+    def lambdas(self) -> Tensor:
+        """The singular values ``lambda = lambda_scale * theta``, shape (n, R), inactive slots included."""
+        return self.lora_theta * self.lambda_scale
+
+    @torch.no_grad()
+    def set_lambdas(self, values: Tensor, index: tuple = (...,)) -> None:
+        """Write singular values (not ``theta``): ``lambdas()[index] = values``."""
+        self.lora_theta[index] = torch.as_tensor(values).to(self.lora_theta) / self.lambda_scale
 
     def slot_scale(self) -> Tensor:
-        return self.lora_E * self.rank_mask * self.scaling
+        return self.lora_theta * self.lambda_scale * self.rank_mask * self.scaling
+
+    # State-dict format 2: ``lora_theta`` and ``lambda_scale`` replace format 1's ``lora_E`` (= lambda).
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        old_key = prefix + "lora_E"
+        if old_key in state_dict and prefix + "lora_theta" not in state_dict:
+            # A format-1 state dict (elalora-vit before lambda = s * theta): lora_E is lambda itself.
+            lam = state_dict.pop(old_key)
+            state_dict[prefix + "lora_theta"] = lam / self.lambda_scale.to(lam)
+            state_dict[prefix + "lambda_scale"] = self.lambda_scale.detach().clone()
+            _warn_converted()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
 
     def active_slots(self, part: int) -> Tensor:
         return self.rank_mask[part].nonzero().flatten()
@@ -291,10 +331,25 @@ class AdapterRef:
 
     @property
     def lam(self) -> Tensor:
-        """Active singular values (``lora_E``), shape (rank,)."""
+        """Active singular values ``lambda`` (``lambda_scale * lora_theta``), shape (rank,)."""
         if not isinstance(self.layer, SVDLinear):
             raise AttributeError("fixed-rank LoRA adapters have no singular values")
-        return self.layer.lora_E[self.part][self.active_slots]
+        return self.layer.lambdas()[self.part][self.active_slots]
+
+
+_converted_warned = False
+
+
+def _warn_converted() -> None:
+    global _converted_warned
+    if not _converted_warned:
+        _converted_warned = True
+        warnings.warn(
+            "loaded an SVDLinear state dict of format 1 (key 'lora_E' = lambda, written by elalora-vit "
+            "before lambda was stored as lambda_scale * lora_theta); it was converted to format 2. "
+            "Save it again to store the new format.",
+            stacklevel=3,
+        )
 
 
 def find_adapters(model: nn.Module, kind: type = AdaptedLinear) -> list[AdapterRef]:

@@ -11,7 +11,16 @@ from ..core.config import ConfigError, upgrade_schedule_key
 from ..core.errors import first_line
 from ..core.files import atomic_write
 
-FORMAT = "elalora-vit/checkpoint/1"
+# 2: SVD adapters store lambda as lambda_scale * lora_theta, and lambda's speed-up is no longer
+# an optimizer group's learning rate. A format-1 checkpoint's optimizer and LR-scheduler state
+# would apply that speed-up twice, so it is refused rather than converted.
+FORMAT = "elalora-vit/checkpoint/2"
+OLD_FORMATS = {
+    "elalora-vit/checkpoint/1": "it was written before singular values were stored as "
+    "lambda_scale * lora_theta (its optimizer state would speed lambda up twice); its adapters "
+    "can still be used (adapter.safetensors of the run loads as before), but its training cannot "
+    "be resumed: start the run afresh in a new output folder",
+}
 # Settings that must not change between a run and its resumption.
 RESUME_KEYS = (
     "method",
@@ -56,7 +65,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} is truncated, corrupt or not a plain-data checkpoint ({first_line(err)}); "
             "delete it to start the run afresh"
         ) from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    found = state.get("format") if isinstance(state, dict) else None
+    if found in OLD_FORMATS:
+        raise CheckpointError(f"checkpoint {path} has format {found!r}, this version reads {FORMAT!r}: "
+                              + OLD_FORMATS[found])
+    if found != FORMAT:
         raise CheckpointError(f"{path} is not an elalora-vit training checkpoint")
     return state
 

@@ -193,7 +193,7 @@ def nonfinite_adapters(model) -> list[str]:
     """Names of the adapter layers with a NaN or infinite factor."""
     bad = []
     for name, layer in adapted_layers(model):
-        tensors = [layer.lora_A, layer.lora_B] + ([layer.lora_E] if hasattr(layer, "lora_E") else [])
+        tensors = [layer.lora_A, layer.lora_B] + ([layer.lora_theta] if hasattr(layer, "lora_theta") else [])
         if not all(bool(torch.isfinite(t).all()) for t in tensors):
             bad.append(name)
     return bad

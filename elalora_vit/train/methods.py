@@ -68,8 +68,8 @@ def _targets(model: nn.Module, cfg: TrainConfig):
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig, adapter_config: ElaLoRAConfig | None) -> list[dict]:
-    # The same groups a Python API user gets: head at lr, adapters at lr x lr_multiplier,
-    # lambda at that x lambda_lr_multiplier.
+    # The same groups a Python API user gets: head at lr, adapters (lambda included) at
+    # lr x lr_multiplier; lambda's own speed-up lives in the adapter (lambda_scale).
     return adapter_param_groups(
         model, cfg.optim.lr, adapter_config, adapter_lr=cfg.optim.lr * cfg.adapter.lr_multiplier
     )
@@ -97,7 +97,7 @@ def trainable_state_names(model: nn.Module, cfg: TrainConfig) -> list[str]:
     if get_method(cfg.method).trains == "all":
         return list(model.state_dict())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    return [k for k in model.state_dict() if k in trainable or k.endswith("rank_mask")]
+    return [k for k in model.state_dict() if k in trainable or k.endswith(("rank_mask", "lambda_scale"))]
 
 
 def total_rank(model: nn.Module) -> int | None:

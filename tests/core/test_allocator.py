@@ -237,12 +237,12 @@ def test_round_keeps_optimizer_and_resets_only_changed_slots():
     for layer in alloc.layers:
         changed = masks_before[id(layer)] ^ layer.rank_mask
         # a slot pruned and regrown in the same round keeps its mask bit but is re-initialised
-        changed |= (layer.lora_E == 0) & masks_before[id(layer)] & layer.rank_mask & ~torch.isclose(
-            before[id(layer.lora_E)]["exp_avg"], torch.zeros(())
+        changed |= (layer.lora_theta == 0) & masks_before[id(layer)] & layer.rank_mask & ~torch.isclose(
+            before[id(layer.lora_theta)]["exp_avg"], torch.zeros(())
         )
         for p, index_of in (
             (layer.lora_A, lambda m: m.unsqueeze(-1).expand_as(layer.lora_A)),
-            (layer.lora_E, lambda m: m),
+            (layer.lora_theta, lambda m: m),
             (layer.lora_B, lambda m: m.unsqueeze(1).expand_as(layer.lora_B)),
         ):
             keep = ~index_of(changed)
@@ -267,7 +267,7 @@ def test_new_ranks_are_orthonormal_directions_with_zero_lambda():
                 grown += 1
                 others = [s for s in layer.rank_mask[part].nonzero().flatten().tolist() if s != slot]
                 q, P = layer.lora_A[part, slot], layer.lora_B[part]
-                assert layer.lora_E[part, slot] == 0
+                assert layer.lora_theta[part, slot] == 0
                 assert torch.isclose(q.norm(), torch.tensor(1.0), atol=1e-5)
                 assert torch.isclose(P[:, slot].norm(), torch.tensor(1.0), atol=1e-5)
                 assert (layer.lora_A[part, others] @ q).abs().max() < 1e-4

@@ -57,7 +57,8 @@ def test_scores_equal_peft_adalora_on_the_same_parameters_and_gradients():
     assert (allocator.beta1, allocator.beta2) == (BETA1, BETA2)
 
     ours = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 6))
-    config = ElaLoRAConfig(rank=rank, max_rank=rank, beta1=BETA1, beta2=BETA2,
+    # lambda = 20 * theta here: the score of lambda must not depend on how it is parametrised.
+    config = ElaLoRAConfig(rank=rank, max_rank=rank, beta1=BETA1, beta2=BETA2, lambda_lr_multiplier=20.0,
                            warmup_steps=1, adjust_interval=1, stabilize_steps=1)
     patch_model(ours, ["0", "2"], config)
     layers = [ours[0], ours[2]]
@@ -81,10 +82,11 @@ def test_scores_equal_peft_adalora_on_the_same_parameters_and_gradients():
             for layer, name in zip(layers, ["0", "2"]):
                 A, E, B = (_peft_param(peft_model, name, w) for w in ("lora_A", "lora_E", "lora_B"))
                 layer.lora_A[0].copy_(A)
-                layer.lora_E[0].copy_(E.view(-1))
+                layer.set_lambdas(E.view(-1), (0,))
                 layer.lora_B[0].copy_(B)
                 layer.lora_A.grad = A.grad.unsqueeze(0).clone()
-                layer.lora_E.grad = E.grad.view(1, -1).clone()
+                # dL/dtheta = lambda_scale * dL/dlambda (chain rule through lambda = s * theta)
+                layer.lora_theta.grad = E.grad.view(1, -1) * layer.lambda_scale
                 layer.lora_B.grad = B.grad.unsqueeze(0).clone()
         assert tracker.update()
 
@@ -104,7 +106,7 @@ def test_scores_equal_peft_adalora_on_the_same_parameters_and_gradients():
 
 def _layer_with_grads(value: float):
     layer = SVDLinear(nn.Linear(4, 4), None, rank=2, capacity=2, scaling=1.0)
-    for p in (layer.lora_A, layer.lora_E, layer.lora_B):
+    for p in (layer.lora_A, layer.lora_theta, layer.lora_B):
         p.grad = torch.full_like(p, value)
     return layer
 
@@ -113,7 +115,7 @@ def _layer_with_grads(value: float):
 def test_non_finite_gradients_change_nothing(bad):
     layer = _layer_with_grads(1.0)
     with torch.no_grad():
-        layer.lora_E.fill_(1.0)
+        layer.lora_theta.fill_(1.0)
     tracker = ImportanceTracker([layer])
     assert tracker.update()
     before = [t.clone() for t in tracker.ibar + tracker.ubar]
@@ -134,7 +136,7 @@ def test_missing_gradient_counts_as_zero():
 def test_reset_slot_zeroes_one_rank_only():
     layer = _layer_with_grads(1.0)
     with torch.no_grad():
-        for p in (layer.lora_A, layer.lora_E, layer.lora_B):
+        for p in (layer.lora_A, layer.lora_theta, layer.lora_B):
             p.fill_(1.0)
     tracker = ImportanceTracker([layer])
     tracker.update()

@@ -24,7 +24,7 @@ def test_only_adapters_are_trainable(tiny_vit):
 
 def _random_svd(layer: SVDLinear) -> None:
     with torch.no_grad():
-        layer.lora_E.normal_()
+        layer.lora_theta.normal_()
         layer.lora_A.normal_()
         layer.lora_B.normal_()
 
@@ -40,7 +40,7 @@ def test_qkv_split_equals_three_separate_adapters_on_the_fused_projection():
     expected = base(x)
     for part in range(3):
         m = layer.rank_mask[part].float()
-        P, lam, Q = layer.lora_B[part], layer.lora_E[part] * m, layer.lora_A[part]
+        P, lam, Q = layer.lora_B[part], layer.lambdas()[part] * m, layer.lora_A[part]
         delta = 2.0 * (x @ Q.T) * lam @ P.T
         expected[..., 8 * part : 8 * (part + 1)] += delta
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
@@ -51,9 +51,9 @@ def test_inactive_slots_get_no_gradient():
     layer = SVDLinear(nn.Linear(6, 4), None, rank=2, capacity=4, scaling=1.0)
     _random_svd(layer)
     layer(torch.randn(5, 6)).pow(2).sum().backward()
-    for grad in (layer.lora_A.grad[0, 2:], layer.lora_E.grad[0, 2:], layer.lora_B.grad[0, :, 2:]):
+    for grad in (layer.lora_A.grad[0, 2:], layer.lora_theta.grad[0, 2:], layer.lora_B.grad[0, :, 2:]):
         assert torch.count_nonzero(grad) == 0
-    assert torch.count_nonzero(layer.lora_E.grad[0, :2]) == 2
+    assert torch.count_nonzero(layer.lora_theta.grad[0, :2]) == 2
 
 
 def test_adapter_ref_exposes_active_factors():

@@ -87,7 +87,7 @@ def test_unpatch_with_merge_keeps_the_function(tiny_vit):
     patch_model(tiny_vit, VIT_TARGETS, ElaLoRAConfig(rank=2), split=QKV_SPLIT)
     for a in find_adapters(tiny_vit):
         with torch.no_grad():
-            a.layer.lora_E.normal_()
+            a.layer.lora_theta.normal_()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         adapted = tiny_vit(x)

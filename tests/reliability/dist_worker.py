@@ -35,7 +35,7 @@ def adapter_tensors(model) -> dict[str, torch.Tensor]:
     return {
         f"{name}.{attr}": getattr(layer, attr).detach().clone()
         for name, layer in adapted_layers(model)
-        for attr in ("lora_A", "lora_E", "lora_B", "rank_mask")
+        for attr in ("lora_A", "lora_theta", "lora_B", "rank_mask", "lambda_scale")
     }
 
 
@@ -58,7 +58,7 @@ def install_core_faults(nan_loss_at: int | None, nan_loss_on: int | None, skew_s
         return loss
 
     def step(self, optimizer=None, *, skipped=False):
-        grads = [p.grad for layer in self.layers for p in (layer.lora_A, layer.lora_E, layer.lora_B)]
+        grads = [p.grad for layer in self.layers for p in (layer.lora_A, layer.lora_theta, layer.lora_B)]
         finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
         snapshots["steps"].append({"skipped": bool(skipped), "grads_finite": finite})
         return original_step(self, optimizer, skipped=skipped)

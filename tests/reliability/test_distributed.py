@@ -23,9 +23,9 @@ WORKER = REPO / "tests" / "reliability" / "dist_worker.py"
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def launch(task_root, tmp_path, *faults: str) -> tuple[dict, dict, Path]:
+def launch(task_root, tmp_path, *faults: str) -> tuple[dict, dict, Path, subprocess.CompletedProcess]:
     """Train under torchrun with two processes and the worker's ``faults``; returns what
-    each process recorded, and the output folder."""
+    each process recorded, the output folder and the finished command (its output)."""
     out, dumps = tmp_path / "run", tmp_path / "dumps"
     dumps.mkdir()
     overrides = tiny_overrides(task_root, out, **{"optim.epochs": 4, "optim.batch_size": 4, "optim.grad_clip": 0})
@@ -35,7 +35,7 @@ def launch(task_root, tmp_path, *faults: str) -> tuple[dict, dict, Path]:
     p0, p1 = (torch.load(dumps / f"process{r}.pt", weights_only=True) for r in (0, 1))
     assert p0["world"] == p1["world"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(p0["labels"], p1["labels"]))  # each its own data
-    return p0, p1, out
+    return p0, p1, out, done
 
 
 def assert_identical_rounds_and_adapters(p0: dict, p1: dict) -> None:
@@ -59,7 +59,7 @@ def assert_identical_rounds_and_adapters(p0: dict, p1: dict) -> None:
 
 
 def test_two_processes_make_identical_decisions_and_hold_identical_adapters(task_root, tmp_path):
-    p0, p1, out = launch(task_root, tmp_path, "--nan-at", "5", "--nan-on", "1")
+    p0, p1, out, done = launch(task_root, tmp_path, "--nan-at", "5", "--nan-on", "1")
     assert_identical_rounds_and_adapters(p0, p1)
     f0, f1 = p0["final"], p1["final"]
     # the NaN batch on process 1 made both processes skip the same step, nothing else
@@ -79,7 +79,7 @@ def test_two_processes_make_identical_decisions_and_hold_identical_adapters(task
 def test_a_non_finite_loss_on_one_process_makes_every_process_skip_the_step(task_root, tmp_path):
     """Process 1's loss is NaN while every gradient stays finite, so DDP's all-reduce
     spreads nothing: only the loop's cross-process check can make process 0 skip too."""
-    p0, p1, _ = launch(task_root, tmp_path, "--nan-loss-at", "5", "--nan-loss-on", "1")
+    p0, p1, _, _ = launch(task_root, tmp_path, "--nan-loss-at", "5", "--nan-loss-on", "1")
     assert p1["steps"][4] == {"skipped": True, "grads_finite": True}  # step 5: the fault as intended
     assert p0["steps"][4] == {"skipped": True, "grads_finite": True}
     assert [i for i, s in enumerate(p0["steps"]) if s["skipped"]] == [4]
@@ -90,7 +90,7 @@ def test_a_non_finite_loss_on_one_process_makes_every_process_skip_the_step(task
 def test_processes_whose_scores_differ_take_the_main_process_decisions(task_root, tmp_path):
     """Process 1 scores the ranks differently from process 0 (its scores are negated: DDP
     cannot make them equal); the broadcast of rank 0's scores makes both decide alike."""
-    p0, p1, _ = launch(task_root, tmp_path, "--skew-scores-on", "1")
+    p0, p1, _, _ = launch(task_root, tmp_path, "--skew-scores-on", "1")
     assert len(p0["local_scores"]) == len(p1["local_scores"]) >= 3
     for a, b in zip(p0["local_scores"], p1["local_scores"]):
         finite = torch.isfinite(a)

@@ -39,7 +39,7 @@ def poison_gradient(monkeypatch, nan_steps) -> None:
 
     def setup_method(model, cfg, total_steps):
         method = original(model, cfg, total_steps)
-        lam = method.allocator.layers[0].lora_E
+        lam = method.allocator.layers[0].lora_theta
 
         def hook(grad):
             nonlocal step

@@ -64,12 +64,14 @@ def _patched(method="elalora", **cfg):
     return model, config
 
 
-def test_groups_cover_every_trainable_parameter_once_with_lambda_faster():
+def test_groups_cover_every_trainable_parameter_once_and_never_apply_the_lambda_speed_up_again():
     model, config = _patched(lambda_lr_multiplier=7.0)
     groups = {g["name"]: g for g in adapter_param_groups(model, 1e-3, config, adapter_lr=2e-3)}
     assert groups["other"]["lr"] == 1e-3 and groups["adapter"]["lr"] == 2e-3
-    assert groups["lambda"]["lr"] == pytest.approx(2e-3 * 7.0)
-    assert groups["lambda"]["params"] == [model[0].lora_E]
+    # lambda's x7 lives in the adapter (lambda = 7 * theta): its group runs at the adapter's rate.
+    assert groups["lambda"]["lr"] == 2e-3
+    assert float(model[0].lambda_scale) == 7.0
+    assert groups["lambda"]["params"] == [model[0].lora_theta]
     assert {id(p) for p in groups["adapter"]["params"]} == {id(model[0].lora_A), id(model[0].lora_B)}
     grouped = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
@@ -87,5 +89,5 @@ def test_the_training_loop_uses_the_same_groups():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, depth=1, num_classes=3)
     setup = setup_method(model, cfg, total_steps=100)
     rates = {g["name"]: g["lr"] for g in setup.param_groups}
-    assert rates == {"other": 1e-3, "adapter": 2e-3, "lambda": pytest.approx(2e-3 * cfg.adapter.lambda_lr_multiplier)}
+    assert rates == {"other": 1e-3, "adapter": 2e-3, "lambda": 2e-3}
     assert setup.param_groups == adapter_param_groups(model, 1e-3, setup.adapter_config, adapter_lr=2e-3)

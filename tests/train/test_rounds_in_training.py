@@ -23,7 +23,7 @@ def _state(alloc: RankAllocator, optimizer) -> list[dict]:
     """Per SVD layer: its mask, factors and AdamW moments, cloned."""
     out = []
     for layer in alloc.layers:
-        params = {"A": layer.lora_A, "E": layer.lora_E, "B": layer.lora_B}
+        params = {"A": layer.lora_A, "E": layer.lora_theta, "B": layer.lora_B}
         out.append({
             "mask": layer.rank_mask.detach().clone(),
             "weights": {k: p.detach().clone() for k, p in params.items()},

@@ -68,11 +68,13 @@ def test_inspect_adapter_tells_the_method_and_reads_trained_weights(finished_run
 def test_each_method_writes_the_files_train_help_lists(finished_runs, capsys):
     common = {"config.yaml", "metrics.jsonl", "result.json", "checkpoint.pt"}
     adapter = common | {"adapter.safetensors", "rank_history.json", "rank_heatmap.png"}
+    ranked = adapter | {"rank_evolution.png", "importance_scores.png"}  # ranks that move are drawn moving
+    expected = {"elalora": ranked, "adalora": ranked, "lora": adapter}
     for method in METHODS:
         written = {p.name for p in finished_runs[method].iterdir() if not p.name.startswith("eval-")}
-        assert written == (adapter if method in ("elalora", "lora", "adalora") else common | {"trained.safetensors"})
+        assert written == expected.get(method, common | {"trained.safetensors"})
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name in sorted(adapter | {"trained.safetensors", "eval-<split>.json"}):
+    for name in sorted(ranked | {"trained.safetensors", "eval-<split>.json"}):
         assert name in text

@@ -95,7 +95,7 @@ def _random_svd_adapters(model, ranks):
     with torch.no_grad():
         for adapter in find_adapters(model):
             layer, part = adapter.layer, adapter.part
-            layer.lora_E[part].normal_(0, 0.5)
+            layer.set_lambdas(torch.randn(layer.capacity) * 0.5, (part,))
             if adapter.name in ranks:
                 layer.rank_mask[part] = False
                 layer.rank_mask[part, : ranks[adapter.name]] = True
