@@ -34,14 +34,16 @@ def test_prepare_vtab_names_an_unknown_task(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("tasks", [["natural", "kitti"], ["natural,kitti"], ["natural", ",kitti,"]])
-def test_vtab_sweep_takes_spaces_and_commas(tmp_path, capsys, tasks):
+def test_vtab_sweep_takes_spaces_and_commas(tmp_path, capsys, monkeypatch, tasks):
+    monkeypatch.chdir(tmp_path)  # no data here: the dry run plans every task, then its data check fails (exit 1)
     code = main(["vtab-sweep", "--dry-run", "--tasks", *tasks, "--methods", "lora", "--presets", "none",
-                 "--output", str(tmp_path)])
+                 "--output", str(tmp_path / "sweep")])
     printed = capsys.readouterr().out
-    assert code == 0 and f"{len(NATURAL_KITTI)} runs" in printed.splitlines()[0]
+    assert code == 1 and f"{len(NATURAL_KITTI)} runs" in printed.splitlines()[0]
     assert [line.split()[1] for line in printed.splitlines() if line.startswith("  new")] == [
         f"{name}/lora/seed0" for name in NATURAL_KITTI
     ]
+    assert sum(line.strip().startswith("PROBLEM") for line in printed.splitlines()) == len(NATURAL_KITTI)
 
 
 def test_an_alias_writes_where_the_sweep_does(tmp_path, capsys):

@@ -138,7 +138,7 @@ def test_report_orders_variants_by_mean_of_group_means_with_paired_differences(t
     section = md.split("## Grid variants")[1].split("\n## ")[0]
     b8, b2 = (line for line in section.splitlines() if line.startswith("| elalora["))
     assert b8.startswith("| elalora[adapter.b=8] | 68.3 | +5.0 (1/7) | +10.0 (1/4) | +10.0 (1/8) | **+8.3** |")
-    assert b2.startswith("| elalora[adapter.b=2] |") and "| **+0.7** | -1.0 … +2.0 | 2 / 1 / 0 |" in b2
+    assert b2.startswith("| elalora[adapter.b=2] |") and "| **+0.7** | +0.67 (n=1, no interval) | -1.0 … +2.0 | 2 / 1 / 0 |" in b2
     assert "elalora − elalora[" not in md  # variants are not among "the others"
 
 

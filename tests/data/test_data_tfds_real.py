@@ -113,7 +113,7 @@ def test_train_on_tfds_data_with_default_workers_finishes(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(nested(overrides)))
     assert main(["train", "--config", str(config), "--data-source", "tfds", "--task", "dtd"]) == 0
-    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the JSON line comes last, after the summary
     assert summary["task"] == "dtd" and 0.0 <= summary["accuracy"] <= 100.0
     assert json.loads((tmp_path / "out" / "result.json").read_text())["accuracy"] == summary["accuracy"]
 

@@ -62,5 +62,5 @@ def test_checkpoint_and_adapter_file_of_an_older_version_still_load(folder_root,
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1, num_classes=10)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        load_adapters(model, tmp_path / "old.safetensors")
+        load_adapters(model, tmp_path / "old.safetensors", check_backbone=False)  # another random backbone: the config is the point
     assert sum(m.rank_mask.sum() for m in model.modules() if hasattr(m, "rank_mask")) == result["total_rank"]
