@@ -184,9 +184,9 @@ class TrainConfig:
         shared["max_rank"] = max_rank if max_rank is not None else a.max_rank
         return ElaLoRAConfig(
             **shared,
-            warmup_steps=steps_of(a.warmup, total_steps),
-            adjust_interval=max(1, steps_of(a.adjust_interval, total_steps)),
-            stabilize_steps=steps_of(a.stabilize, total_steps),
+            warmup_steps=steps_of(a.warmup, total_steps, "adapter.warmup"),
+            adjust_interval=max(1, steps_of(a.adjust_interval, total_steps, "adapter.adjust_interval")),
+            stabilize_steps=steps_of(a.stabilize, total_steps, "adapter.stabilize"),
             seed=self.seed,
         )
 
@@ -201,18 +201,19 @@ def upgrade_deprecated_keys(values: Mapping[str, Any], *, warn: bool = True) -> 
     return values
 
 
-def steps_of(value: float, total_steps: int) -> int:
+def steps_of(value: float, total_steps: int, key: str = "schedule length") -> int:
     """``value`` steps when >= 1, else that fraction of ``total_steps`` (rounded)."""
     if value >= 1:
-        _check_whole_steps(value)
+        _check_whole_steps(value, key)
         return int(value)
     return int(math.floor(value * total_steps + 0.5))
 
 
-def _check_whole_steps(value: float) -> None:
+def _check_whole_steps(value: float, key: str) -> None:
     # A length >= 1 counts steps, so it cannot hold a fraction of one.
     if value >= 1 and value != int(value):
-        raise ConfigError(f"schedule length {value} must be a whole number of steps, or a fraction < 1")
+        raise ConfigError(f"invalid value for '{key}': {value!r}; expected a whole number of steps (>= 1) "
+                          "or a fraction of the run (< 1)")
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -464,26 +465,19 @@ def describe_type(hint: Any, key: str | None = None) -> str:
     return repr(hint)
 
 
-_CORE_KEYS = {"warmup_steps": "adapter.warmup", "stabilize_steps": "adapter.stabilize", "seed": "seed"}
-"""Core field -> config key, where the name differs from ``adapter.<field>``."""
-
-
 def _check_adapter(cfg: TrainConfig) -> None:
     """The core's checks of the adapter values, its errors naming the config keys
     (``adapter.rank``, not the core's ``rank``)."""
     for name in ("warmup", "adjust_interval", "stabilize"):
-        value = getattr(cfg.adapter, name)
-        if value >= 1 and value != int(value):  # a length >= 1 counts steps: no fraction of one
-            raise ConfigError(f"invalid value for 'adapter.{name}': {value!r}; expected a whole number of steps (>= 1) "
-                              "or a fraction of the run (< 1)")
+        _check_whole_steps(getattr(cfg.adapter, name), f"adapter.{name}")
     try:
         check_adapter_values(cfg.adapter)
     except ConfigError as err:
         match = re.match(r"invalid value for '(\w+)'", str(err))
         if match is None:
             raise
-        key = _CORE_KEYS.get(match[1], f"adapter.{match[1]}")
-        raise ConfigError(str(err).replace(f"'{match[1]}'", f"'{key}'", 1)) from None
+        # check_adapter_values names the adapter fields, each adapter.<field> here
+        raise ConfigError(str(err).replace(f"'{match[1]}'", f"'adapter.{match[1]}'", 1)) from None
 
 
 def _normalise(cfg: TrainConfig) -> None:
