@@ -10,7 +10,7 @@ from typing import Sequence
 from ..core.errors import first_line
 from ..data import resolve_task
 from ..train.dry_run import check_run_splits
-from ..vit import check_input_size, create_backbone, resolve_data_config
+from ..vit import check_input_size, create_run_backbone, resolve_data_config
 from .plan import SweepRun
 
 
@@ -62,9 +62,7 @@ def _backbone(cfg, task, backbones: dict):
     key = json.dumps([cfg.model.name, cfg.model.checkpoint, cfg.model.pretrained, cfg.model.kwargs], sort_keys=True)
     if key not in backbones:
         try:
-            backbones[key] = create_backbone(cfg.model.name, task.num_classes if task else 10,
-                                             pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
-                                             **cfg.model.kwargs)
+            backbones[key] = create_run_backbone(cfg.model, task.num_classes if task else 10)
         except Exception as err:
             backbones[key] = first_line(err)
     return backbones[key]

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..core.schedule import adjustment_steps, ranks_to_move
 from ..data import resolve_task
 from ..data.load import open_source
-from ..vit import check_input_size, create_backbone, resolve_data_config
+from ..vit import check_input_size, create_run_backbone, resolve_data_config
 from .config import TrainConfig
 from .errors import TrainingError
 from .methods import setup_method, total_rank, trainable_parameter_count
@@ -41,8 +41,7 @@ def dry_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) 
     action = run_folder_action(files, cfg.to_dict(), resume=resume, overwrite=overwrite)
     check_writable(files.root)
     task = resolve_task(cfg.data.task, cfg.data.source)
-    model = create_backbone(cfg.model.name, task.num_classes, pretrained=cfg.model.pretrained,
-                            checkpoint=cfg.model.checkpoint, **cfg.model.kwargs)
+    model = create_run_backbone(cfg.model, task.num_classes)
     spec = resolve_data_config(model, cfg.data)
     check_input_size(model, spec.image_size, cfg.model.name)
     sizes = check_run_splits(task, cfg)

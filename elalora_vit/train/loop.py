@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..core import orthogonal_regularization
 from ..core.errors import first_line
 from ..data import DataError, load_task_data, resolve_task
-from ..vit import check_input_size, create_backbone, resolve_data_config
+from ..vit import check_input_size, create_run_backbone, resolve_data_config
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .errors import RunInterrupted, TrainingError
@@ -191,13 +191,7 @@ def _build_model_and_data(cfg: TrainConfig, accelerator):
     """The backbone and the task's data, normalised and sized as the backbone expects.
     The backbone comes first: missing pretrained weights fail fast, before the data is cached."""
     task = resolve_task(cfg.data.task, cfg.data.source)
-    model = create_backbone(
-        cfg.model.name,
-        task.num_classes,
-        pretrained=cfg.model.pretrained,
-        checkpoint=cfg.model.checkpoint,
-        **cfg.model.kwargs,
-    )
+    model = create_run_backbone(cfg.model, task.num_classes)
     spec = resolve_data_config(model, cfg.data)
     check_input_size(model, spec.image_size, cfg.model.name)  # before the data is cached
     data = load_task_data(

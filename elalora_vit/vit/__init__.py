@@ -16,7 +16,7 @@ mean and std the model's weights expect. Every failure raises :class:`BackboneEr
 from .data_config import DataSpec, check_input_size, resolve_data_config
 from .errors import BackboneError
 from .facts import block_index_and_kind, default_targets, head_module_names
-from .factory import DEFAULT_MODEL, create_backbone
+from .factory import DEFAULT_MODEL, create_backbone, create_run_backbone
 from .weights import CHECKPOINT_EXTENSIONS, load_backbone_checkpoint
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "BackboneError",
     "DataSpec",
     "create_backbone",
+    "create_run_backbone",
     "load_backbone_checkpoint",
     "default_targets",
     "head_module_names",

@@ -71,6 +71,13 @@ def create_backbone(
     return _build_from_hub(model_name, num_classes, model_kwargs)
 
 
+def create_run_backbone(model_cfg: Any, num_classes: int | None) -> nn.Module:
+    """:func:`create_backbone` for a run's ``model`` settings (any object with ``name``,
+    ``pretrained``, ``checkpoint`` and ``kwargs``, such as the training config's section)."""
+    return create_backbone(model_cfg.name, num_classes, pretrained=model_cfg.pretrained,
+                           checkpoint=model_cfg.checkpoint, **model_cfg.kwargs)
+
+
 def _build(model_name: str, num_classes: int | None, model_kwargs: Mapping[str, Any]) -> nn.Module:
     """The timm model with random weights."""
     kwargs = _timm_kwargs(num_classes, model_kwargs)
