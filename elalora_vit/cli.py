@@ -288,6 +288,10 @@ def _inspect_adapter(args: argparse.Namespace) -> int:
         print(f"backbone fingerprint: {meta['backbone_fingerprint']}")
     if meta["modules_to_save"]:
         print(f"also saved: {', '.join(meta['modules_to_save'])}")
+    layers = meta.get("layers") if isinstance(meta.get("layers"), dict) else {}  # adapter files only
+    excluded = [f"{name}.{part}" for name, info in layers.items() for part in info.get("excluded_parts", [])]
+    if excluded:
+        print(f"excluded parts (not adapted, rank 0): {', '.join(excluded)}")
     if meta["method"] in method_names() and get_method(meta["method"]).allocator is not None:  # ranks move
         print(_allocator_line(meta.get("allocator_steps"), meta.get("allocator_rounds")))
     width = max((len(n) for n in pattern or ()), default=0)

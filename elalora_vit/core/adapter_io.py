@@ -4,8 +4,9 @@ An adapter file is a safetensors file holding, for every adapter, only its
 active ranks (``<name>.lora_A`` (r, d_in), ``<name>.lora_E`` (r,),
 ``<name>.lora_B`` (d_part, r)), the full parameters of any extra modules that
 were trained (``modules_to_save.<module>.<param>``, e.g. a classifier head), and
-JSON metadata: the adapter config, the adapted layers and their parts, and the
-rank pattern, the method that trained them, and a fingerprint of the frozen
+JSON metadata: the adapter config, the adapted layers and their parts (with
+the parts left out, ``excluded_parts``, for a layer that has some: they have no
+tensors and are rebuilt excluded on load), and the rank pattern, the method that trained them, and a fingerprint of the frozen
 backbone they were trained on (:func:`backbone_fingerprint`); callers add what
 rebuilds the model (e.g. the timm name).  Loading never executes code, and
 refuses a backbone whose fingerprint differs from the recorded one.  For ElaLoRA the
@@ -98,11 +99,19 @@ def save_adapters(
 
 
 def _layer_info(layer: AdaptedLinear) -> dict:
-    return {
+    info = {
         "parts": list(layer.part_names) if layer.n_parts > 1 else None,
         "in_features": layer.in_features,
         "out_features": layer.out_features,
     }
+    if layer.excluded_parts:  # recorded only when there are some: older readers see what they know
+        info["excluded_parts"] = list(layer.excluded_parts)
+    return info
+
+
+def _part_excludes(layer_info: dict[str, dict]) -> list[str]:
+    """The ``exclude`` entries that rebuild the file's excluded parts: ``<module>.<part>``."""
+    return [f"{name}.{part}" for name, info in layer_info.items() for part in info.get("excluded_parts", [])]
 
 
 def _adapter_tensors(adapter: AdapterRef) -> dict[str, torch.Tensor]:
@@ -164,7 +173,8 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: 
         check_backbone_fingerprint(model, meta.get("backbone_fingerprint"), path, meta["modules_to_save"])
     if not adapted_layers(model):
         split = {name: info["parts"] for name, info in layer_info.items() if info["parts"]}
-        patch_model(model, list(layer_info), config, split=split, method=meta["layer_form"])
+        patch_model(model, list(layer_info), config, split=split, exclude=_part_excludes(layer_info),
+                    method=meta["layer_form"])
     for adapter in find_adapters(model):
         _load_adapter(adapter, tensors)
     for module_name in meta["modules_to_save"]:
@@ -246,6 +256,9 @@ def _check_fits(model, path, layer_info, meta, tensors, config) -> None:
             parts = [p for p in module.part_names] if module.n_parts > 1 else None
             if parts != info["parts"]:
                 fail(f"layer '{name}' is split as {parts} here but {info['parts']} in the file")
+            if list(module.excluded_parts) != info.get("excluded_parts", []):
+                fail(f"layer '{name}' excludes parts {list(module.excluded_parts)} here but "
+                     f"{info.get('excluded_parts', [])} in the file")
             if not isinstance(module, saved.layer):
                 fail(f"layer '{name}' holds {form_of(module).title} adapters but the file holds {saved.title} adapters")
     capacity = saved.layer.capacity_for(config)

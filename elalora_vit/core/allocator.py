@@ -77,6 +77,9 @@ class RankAllocator:
     """Tracks importance and runs ElaLoRA's prune-and-expand rounds on every
     :class:`SVDLinear` adapter of ``model``.
 
+    Only the adapters count: an excluded part of a split layer (``patch_model``'s
+    ``exclude``) is in no candidate list and no budget, and never gains a rank.
+
     Args:
         model: a model patched by :func:`patch_model` (wrappers such as DDP or
             ``torch.compile`` are looked through).
@@ -95,6 +98,12 @@ class RankAllocator:
         layer_index = {id(layer): li for li, layer in enumerate(self.layers)}
         self.adapter_names: list[str] = [a.name for a in adapters]
         self._owner = [(layer_index[id(a.layer)], a.part) for a in adapters]  # adapter index -> (layer index, part)
+        # Rows of the layers' stacked parts that are adapters: excluded parts (find_adapters
+        # leaves them out) are no row of the score or mask matrices, so no round can touch them.
+        first_row = [0]
+        for layer in self.layers:
+            first_row.append(first_row[-1] + layer.n_parts)
+        self._rows = torch.tensor([first_row[li] + part for li, part in self._owner], dtype=torch.long)
         self.tracker = ImportanceTracker(self.layers, config.beta1, config.beta2)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
@@ -114,11 +123,12 @@ class RankAllocator:
 
     def scores(self) -> Tensor:
         """Triplet scores, shape (adapters, capacity); inactive slots are +inf."""
-        scores = self.tracker.scores().cpu()
+        scores = self.tracker.scores().cpu()[self._rows]
         return scores.masked_fill(~self._masks(), math.inf)
 
     def _masks(self) -> Tensor:
-        return torch.cat([layer.rank_mask.detach().cpu() for layer in self.layers])
+        """(adapters, capacity) bool: the active slots of every adapter (excluded parts are no row)."""
+        return torch.cat([layer.rank_mask.detach().cpu() for layer in self.layers])[self._rows]
 
     # ------------------------------------------------------------------- step
     def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False) -> RoundRecord | None:
@@ -196,6 +206,8 @@ class RankAllocator:
         Returns the slot."""
         li, part = self._owner[adapter]
         layer = self.layers[li]
+        if layer.is_excluded(part):  # not an adapter: never a row of a round; refused for any other caller
+            raise ValueError(f"part {layer.part_names[part]!r} of {self.adapter_names[adapter]!r} is excluded")
         mask = layer.rank_mask[part]
         slot = int((~mask).nonzero()[0])
         active = layer.active_slots(part)

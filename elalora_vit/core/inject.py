@@ -13,7 +13,7 @@ from torch import nn
 from .config import ElaLoRAConfig
 from .layer import AdaptedLinear, AdapterRef, SVDLinear, find_adapters
 from .registry import adapter_forms, get_method
-from .targets import Target, TargetError, match_targets, resolve_split
+from .targets import Target, TargetError, match_targets, resolve_excluded_parts, resolve_split
 from .watch import watch_layers
 
 
@@ -35,14 +35,17 @@ def patch_model(
         config: adapter hyper-parameters; defaults to ``ElaLoRAConfig()``.
         split: fused projections to adapt as separate equal parts, e.g.
             ``{"attn.qkv": ["q", "k", "v"]}``; each part gets its own adapter.
-        exclude: targets to leave out of the selection.
+        exclude: targets to leave out of the selection; a name or pattern may also
+            name a part of a split layer, ``<module>.<part>`` (e.g.
+            ``"blocks.*.attn.qkv.k"`` for q/v-only adapters): that part keeps its
+            rows of the output unchanged and never gets a rank.
         method: the adapter form, a method of :mod:`.registry` with its own layer:
             ``"elalora"`` (SVD form with a rank mask, for the rank allocators)
             or ``"lora"`` (fixed-rank ``B A`` form).
         freeze_base: freeze every parameter of ``model`` not created here.
 
     Returns:
-        The adapters in model order, one per part.
+        The adapters in model order, one per part (excluded parts are not adapters).
     """
     config = config or ElaLoRAConfig()
     if method not in adapter_forms():
@@ -51,12 +54,14 @@ def patch_model(
     layer_class = get_method(method).layer
     names = match_targets(model, targets, exclude)
     parts_of = resolve_split(names, split)
+    excluded_of = resolve_excluded_parts(model, names, parts_of, exclude)
     if freeze_base:
         for p in model.parameters():
             p.requires_grad_(False)
     generator = torch.Generator().manual_seed(config.seed)
     for name in names:
-        layer = layer_class.from_config(model.get_submodule(name), parts_of.get(name), config, generator)
+        base = model.get_submodule(name)
+        layer = layer_class.from_config(base, parts_of.get(name), config, generator, excluded_of.get(name, ()))
         _set_submodule(model, name, layer)
     if issubclass(layer_class, SVDLinear):  # its ranks move only if an allocator is stepped: watch that
         watch_layers([model.get_submodule(n) for n in names], config.warmup_steps)

@@ -6,6 +6,13 @@ independent adapter with its own rank; the parts of one layer are stored stacked
 along a leading dimension so that the forward pass costs two batched matmuls
 whatever the number of parts.
 
+A part may be *excluded* (e.g. k, for the usual q/v-only LoRA): it keeps its
+slot in the stack, so the shapes stay those of the full split, but its factors
+are zero, its scale is zero and it has no active slot, so its rows of the output
+are the base layer's.  It is not an adapter: :func:`find_adapters` leaves it
+out, so the allocators never see it (it can neither gain nor lose rank), and it
+counts in no rank, budget or parameter count.
+
 Shapes, with ``n`` parts, ``R`` slots (capacity), ``d_in`` inputs and
 ``d_part = out_features / n`` outputs per part:
 
@@ -45,7 +52,14 @@ class AdaptedLinear(nn.Module):
     """Common part of the adapter layers: a frozen base ``nn.Linear`` plus a
     low-rank update ``left @ diag(scale) @ right`` per part."""
 
-    def __init__(self, base_layer: nn.Linear, parts: Sequence[str] | None, capacity: int, dropout: float):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        parts: Sequence[str] | None,
+        capacity: int,
+        dropout: float,
+        excluded: Sequence[str] = (),
+    ):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"adapters wrap nn.Linear modules, got {type(base_layer).__name__}")
@@ -57,6 +71,7 @@ class AdaptedLinear(nn.Module):
             )
         self.base_layer = base_layer
         self.part_names: tuple[str | None, ...] = tuple(parts) if parts else (None,)
+        self.excluded_parts: tuple[str, ...] = _checked_exclusion(self.part_names, excluded)
         self.capacity = capacity
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -89,19 +104,41 @@ class AdaptedLinear(nn.Module):
     def part_features(self) -> int:
         return self.base_layer.out_features // self.n_parts
 
+    def is_excluded(self, part: int) -> bool:
+        """Whether part ``part`` is excluded: a zero slot of the stack, never an adapter."""
+        return self.part_names[part] in self.excluded_parts
+
+    def part_inclusion(self) -> Tensor:
+        """(n,) bool: True for the parts that are adapted, False for excluded ones."""
+        return torch.tensor([not self.is_excluded(p) for p in range(self.n_parts)], device=self.lora_A.device)
+
+    @torch.no_grad()
+    def _zero_excluded_factors(self) -> None:
+        # Zero factors and a zero scale: an excluded part adds nothing and gets zero gradients.
+        for part in range(self.n_parts):
+            if self.is_excluded(part):
+                self.lora_A[part].zero_()
+                self.lora_B[part].zero_()
+
     def slot_scale(self) -> Tensor:
         """Per-slot multiplier of shape (n, R): what multiplies ``right @ x``."""
         raise NotImplementedError
 
     def active_slots(self, part: int) -> Tensor:
-        """Indices of the active slots of part ``part``, shape (rank,)."""
-        return torch.arange(self.capacity, device=self.lora_A.device)
+        """Indices of the active slots of part ``part``, shape (rank,); none for an excluded part."""
+        return torch.arange(0 if self.is_excluded(part) else self.capacity, device=self.lora_A.device)
 
     @classmethod
     def from_config(
-        cls, base_layer: nn.Linear, parts: Sequence[str] | None, config: ElaLoRAConfig, generator: torch.Generator
+        cls,
+        base_layer: nn.Linear,
+        parts: Sequence[str] | None,
+        config: ElaLoRAConfig,
+        generator: torch.Generator,
+        excluded: Sequence[str] = (),
     ) -> "AdaptedLinear":
-        """The layer :func:`patch_model` builds around ``base_layer`` for ``config``."""
+        """The layer :func:`patch_model` builds around ``base_layer`` for ``config``,
+        with the parts named in ``excluded`` left out."""
         raise NotImplementedError
 
     @staticmethod
@@ -154,7 +191,23 @@ class AdaptedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         parts = ",".join(p for p in self.part_names if p) or "-"
-        return f"in={self.in_features}, out={self.out_features}, parts={parts}, capacity={self.capacity}"
+        excluded = f", excluded={','.join(self.excluded_parts)}" if self.excluded_parts else ""
+        return f"in={self.in_features}, out={self.out_features}, parts={parts}{excluded}, capacity={self.capacity}"
+
+
+def _checked_exclusion(part_names: tuple[str | None, ...], excluded: Sequence[str]) -> tuple[str, ...]:
+    """``excluded`` in part order, after checking that it names some, not all, of the parts."""
+    excluded = set(excluded)
+    if not excluded:
+        return ()
+    if part_names == (None,):
+        raise ValueError(f"cannot exclude parts {sorted(excluded)} of a layer that is not split into parts")
+    unknown = sorted(excluded - set(part_names))
+    if unknown:
+        raise ValueError(f"cannot exclude parts {unknown}: the layer's parts are {list(part_names)}")
+    if excluded >= set(part_names):
+        raise ValueError(f"every part {list(part_names)} is excluded: leave the layer out instead")
+    return tuple(p for p in part_names if p in excluded)
 
 
 class SVDLinear(AdaptedLinear):
@@ -178,8 +231,9 @@ class SVDLinear(AdaptedLinear):
         init_std: float = 0.02,
         generator: torch.Generator | None = None,
         lambda_scale: float = 1.0,
+        excluded: Sequence[str] = (),
     ):
-        super().__init__(base_layer, parts, capacity, dropout)
+        super().__init__(base_layer, parts, capacity, dropout, excluded)
         if not lambda_scale > 0:
             raise ValueError(f"lambda_scale must be > 0, got {lambda_scale!r}")
         n, d_in, d_part = self.n_parts, self.in_features, self.part_features
@@ -190,12 +244,13 @@ class SVDLinear(AdaptedLinear):
         self.lora_B = nn.Parameter(torch.empty(n, d_part, capacity, **factory))
         mask = torch.zeros(n, capacity, dtype=torch.bool, device=factory["device"])
         mask[:, :rank] = True
+        mask &= self.part_inclusion().unsqueeze(1)  # an excluded part never has a rank
         self.register_buffer("rank_mask", mask)
         self.register_buffer("lambda_scale", torch.tensor(float(lambda_scale), **factory))
         self.reset_factors(init, init_std, generator)
 
     @classmethod
-    def from_config(cls, base_layer, parts, config, generator) -> "SVDLinear":
+    def from_config(cls, base_layer, parts, config, generator, excluded=()) -> "SVDLinear":
         return cls(
             base_layer,
             parts,
@@ -207,6 +262,7 @@ class SVDLinear(AdaptedLinear):
             init_std=config.init_std,
             generator=generator,
             lambda_scale=config.lambda_lr_multiplier,
+            excluded=excluded,
         )
 
     @staticmethod
@@ -225,6 +281,7 @@ class SVDLinear(AdaptedLinear):
         else:
             raise ValueError(f"unknown init {init!r}; expected 'gaussian' or 'orthogonal'")
         self.lora_theta.zero_()
+        self._zero_excluded_factors()
 
     def lambdas(self) -> Tensor:
         """The singular values ``lambda = lambda_scale * theta``, shape (n, R), inactive slots included."""
@@ -247,9 +304,19 @@ class SVDLinear(AdaptedLinear):
             state_dict[prefix + "lora_theta"] = lam / self.lambda_scale.to(lam)
             state_dict[prefix + "lambda_scale"] = self.lambda_scale.detach().clone()
             _warn_converted()
+        mask = state_dict.get(prefix + "rank_mask")
+        if mask is not None and mask.shape == self.rank_mask.shape and self._activates_excluded(mask):
+            errors.append(
+                f"{prefix}rank_mask activates excluded parts {list(self.excluded_parts)}: the state dict was saved "
+                "from a model that adapts them; patch the model with the same exclusions as the saved one"
+            )
+            return
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
         )
+
+    def _activates_excluded(self, mask: Tensor) -> bool:
+        return bool((mask & ~self.part_inclusion().to(mask.device).unsqueeze(1)).any())
 
     def active_slots(self, part: int) -> Tensor:
         return self.rank_mask[part].nonzero().flatten()
@@ -272,8 +339,9 @@ class LoRALinear(AdaptedLinear):
         scaling: float,
         dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        excluded: Sequence[str] = (),
     ):
-        super().__init__(base_layer, parts, rank, dropout)
+        super().__init__(base_layer, parts, rank, dropout, excluded)
         n, d_in, d_part = self.n_parts, self.in_features, self.part_features
         factory = {"device": base_layer.weight.device, "dtype": _adapter_dtype(base_layer.weight)}
         self.scaling = float(scaling)
@@ -281,11 +349,13 @@ class LoRALinear(AdaptedLinear):
         A = (torch.rand((n, rank, d_in), generator=generator) * 2 - 1) * bound
         self.lora_A = nn.Parameter(A.to(**factory))
         self.lora_B = nn.Parameter(torch.zeros(n, d_part, rank, **factory))
-        self.register_buffer("_scale", torch.full((n, rank), self.scaling, **factory), persistent=False)
+        scale = torch.full((n, rank), self.scaling, **factory) * self.part_inclusion().unsqueeze(1)
+        self.register_buffer("_scale", scale, persistent=False)  # 0 for an excluded part
+        self._zero_excluded_factors()
 
     @classmethod
-    def from_config(cls, base_layer, parts, config, generator) -> "LoRALinear":
-        return cls(base_layer, parts, config.rank, config.scaling, config.dropout, generator)
+    def from_config(cls, base_layer, parts, config, generator, excluded=()) -> "LoRALinear":
+        return cls(base_layer, parts, config.rank, config.scaling, config.dropout, generator, excluded)
 
     @staticmethod
     def capacity_for(config: ElaLoRAConfig) -> int:
@@ -295,7 +365,7 @@ class LoRALinear(AdaptedLinear):
         return self._scale
 
     def ranks(self) -> list[int]:
-        return [self.capacity] * self.n_parts
+        return [0 if self.is_excluded(p) else self.capacity for p in range(self.n_parts)]
 
 
 @dataclass(frozen=True)
@@ -354,12 +424,15 @@ def _warn_converted() -> None:
 
 def find_adapters(model: nn.Module, kind: type = AdaptedLinear) -> list[AdapterRef]:
     """Every adapter of ``model`` whose layer is a ``kind``, in model order, named
-    ``<module>`` or ``<module>.<part>`` (the one place adapters are named)."""
+    ``<module>`` or ``<module>.<part>`` (the one place adapters are named).
+    Excluded parts are not adapters and are left out."""
     refs = []
     for name, layer in _adapted_layers(unwrap_model(model)):
         if not isinstance(layer, kind):
             continue
         for index, part in enumerate(layer.part_names):
+            if layer.is_excluded(index):
+                continue
             refs.append(AdapterRef(name if part is None else f"{name}.{part}", layer, index))
     return refs
 

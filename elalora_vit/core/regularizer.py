@@ -2,6 +2,8 @@
 
     R = sum over adapters ( ||P^T P - I||_F + ||Q Q^T - I||_F ) / (number of matrices)
 
+(excluded parts of a split layer are not adapters and take no part.)
+
 Plain (not squared) Frobenius norms, as AdaLoRA and the reference code use; only
 active ranks take part, so an inactive slot neither adds to R nor gets a gradient.
 """
@@ -38,8 +40,10 @@ def orthogonal_regularization(model_or_layers: nn.Module | Iterable[SVDLinear]) 
         eye = torch.diag_embed(mask)  # identity on the active slots only
         norms.append(torch.linalg.matrix_norm(_Gram.apply(Q) * both_active - eye))  # Q Q^T
         norms.append(torch.linalg.matrix_norm(_Gram.apply(P.mT) * both_active - eye))  # P^T P
-    norms = torch.cat(norms)  # one norm per matrix: 2 per adapter
-    return norms.sum() / norms.numel()
+    # One norm per matrix, 2 per adapter; an excluded part (no active slot) has norms 0 and is
+    # no adapter, so it does not count in the mean either.
+    adapters = sum(layer.n_parts - len(layer.excluded_parts) for layer in layers)
+    return torch.cat(norms).sum() / (2 * adapters)
 
 
 class _Gram(torch.autograd.Function):

@@ -12,6 +12,11 @@ gives it) and never by suffix, so ``"*.attn.proj"`` cannot catch
 
 A target that matches nothing, or that matches a module that is not an
 ``nn.Linear``, raises :class:`TargetError` naming the target.
+
+An exclude is a target too, and a name or pattern (glob or ``re:``) may also
+name a *part* of a split layer as ``<module>.<part>``: ``"blocks.*.attn.qkv.k"``
+leaves k out of every fused qkv split into q, k, v (the usual q/v-only LoRA).
+A string exclude must match a module of the model or such a part.
 """
 
 from __future__ import annotations
@@ -131,3 +136,50 @@ def _split_key_matches(key: str, name: str) -> bool:
     if any(ch in key for ch in "*?["):
         return fnmatch.fnmatchcase(name, key)
     return name == key or name.endswith("." + key)
+
+
+def resolve_excluded_parts(
+    model: nn.Module,
+    names: Sequence[str],
+    parts_of: Mapping[str, tuple[str, ...]],
+    exclude: Sequence[Target],
+) -> dict[str, tuple[str, ...]]:
+    """Map each selected split module to the parts that ``exclude`` leaves out (in part order).
+
+    A string exclude that names ``<module>.<part>`` of a split module excludes
+    that part.  Raises :class:`TargetError` when a string exclude matches neither a
+    module of the model nor a part, or when it leaves out every part of a layer.
+    """
+    excluded: dict[str, set[str]] = {}
+    for pattern in exclude:
+        if not isinstance(pattern, str):
+            continue  # types and predicates select modules, not parts
+        hits = [(n, p) for n in names for p in parts_of.get(n, ()) if target_matches(pattern, f"{n}.{p}", None)]
+        if not hits and not any(target_matches(pattern, n, m) for n, m in model.named_modules() if n):
+            raise TargetError(_unmatched_exclude_message(pattern, names, parts_of))
+        for name, part in hits:
+            excluded.setdefault(name, set()).add(part)
+    for name, parts in excluded.items():
+        if set(parts) >= set(parts_of[name]):
+            raise TargetError(
+                f"exclude leaves out every part {list(parts_of[name])} of '{name}'; to leave the whole "
+                f"layer out, exclude '{name}' itself (a module pattern) or drop it from the targets"
+            )
+    return {name: tuple(p for p in parts_of[name] if p in parts) for name, parts in excluded.items()}
+
+
+def _unmatched_exclude_message(pattern: str, names: Sequence[str], parts_of: Mapping[str, tuple[str, ...]]) -> str:
+    prefix, _, part = pattern.rpartition(".")
+    layers = [n for n in names if prefix and target_matches(prefix, n, None)]
+    split = [n for n in layers if n in parts_of]
+    if split:
+        parts = list(parts_of[split[0]])
+        return (f"exclude {pattern!r} names part {part!r}, but '{split[0]}' is split into {parts}: "
+                f"exclude '{prefix}.<part>' with <part> one of {parts}, or add {part!r} to the split")
+    if layers:
+        return (f"exclude {pattern!r} names a part of '{layers[0]}', which is not split into parts: split it too, "
+                "e.g. split={'attn.qkv': ['q', 'k', 'v']} (model.split in a config), or exclude the whole module")
+    example = next((f"{n}.{parts_of[n][0]}" for n in names if n in parts_of), None)
+    hint = f" and no part of a split layer (named like '{example}')" if example else ""
+    return (f"exclude {pattern!r} matches no module of the model{hint}; "
+            f"module names are full dotted paths such as {list(names[:2])}")

@@ -30,7 +30,8 @@ def lora_rank_for_budget(cfg: TrainConfig, target_params: float) -> tuple[int, i
 
 def lora_parameter_count(cfg: TrainConfig, rank: int) -> int:
     """Trainable parameters of ``cfg``'s run as LoRA at ``rank`` (counted once per model, task and rank)."""
-    key = repr((cfg.model.name, cfg.model.kwargs, cfg.model.targets, cfg.model.split, cfg.data.task, rank))
+    model = cfg.model
+    key = repr((model.name, model.kwargs, model.targets, model.split, model.exclude, cfg.data.task, rank))
     if key not in _COUNTS:
         cfg = dataclasses.replace(cfg, method="lora", adapter=dataclasses.replace(cfg.adapter, rank=rank))
         task = resolve_task(cfg.data.task, cfg.data.source)

@@ -32,6 +32,7 @@ RESUME_KEYS = (
     "model.kwargs",
     "model.targets",
     "model.split",
+    "model.exclude",
     "adapter",
     "optim",
     "precision",

@@ -57,6 +57,7 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
     targets: list[str] | None = None  # None: q, k, v, attn.proj, mlp.fc1, mlp.fc2 of every block
     split: dict[str, list[str]] | None = None  # None with default targets: qkv -> q, k, v
+    exclude: list[str] = field(default_factory=list)  # modules or parts (blocks.*.attn.qkv.k) left out
 
 
 # The adapter section is ElaLoRAConfig's fields, with their defaults and docs, except:

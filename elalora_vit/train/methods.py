@@ -54,7 +54,8 @@ def setup_method(model: nn.Module, cfg: TrainConfig, total_steps: int) -> Method
         targets, split = _targets(model, cfg)
         rank, max_rank = method.adapter_ranks(cfg.adapter.rank, cfg.adapter.max_rank, cfg.adapter.adalora_init_rank)
         adapter_config = cfg.core_config(total_steps, rank=rank, max_rank=max_rank)
-        patch_model(model, targets, adapter_config, split=split, exclude=heads, method=method.form)
+        exclude = [*heads, *cfg.model.exclude]  # model.exclude may name parts too: blocks.*.attn.qkv.k
+        patch_model(model, targets, adapter_config, split=split, exclude=exclude, method=method.form)
         allocator = method.build_allocator(model, adapter_config, total_steps, rank=cfg.adapter.rank)
     for name in heads:
         model.get_submodule(name).requires_grad_(True)
