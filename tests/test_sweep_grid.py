@@ -147,7 +147,19 @@ def test_a_variant_equal_to_the_default_setting_is_not_run_twice(tmp_path):
     assert [r.label for r in runs] == ["elalora", "elalora[adapter.b=2,adapter.k=2]"]  # b=4, k=2 is the default
 
 
-@pytest.mark.parametrize("preset", ["no-fc1", "no-attn-proj", "attention-only", "mlp-only", "schedule-shapes", "k-b-values"])
+ABLATION_PRESETS = ["no-fc1", "no-attn-proj", "attention-only", "mlp-only", "qv-only", "schedule-shapes", "k-b-values"]
+
+
+def test_every_ablation_preset_is_checked_and_in_the_readme():
+    from tests.test_sweep import REPO
+
+    assert sorted(p.stem for p in (REPO / "configs" / "ablations").glob("*.yaml")) == sorted(ABLATION_PRESETS)
+    readme = (REPO / "README.md").read_text()
+    for preset in ABLATION_PRESETS:
+        assert f"--config configs/ablations/{preset}.yaml" in readme
+
+
+@pytest.mark.parametrize("preset", ABLATION_PRESETS)
 def test_ablation_presets_plan_and_name_the_paper(preset, tmp_path):
     from tests.test_sweep import REPO
 
@@ -162,10 +174,10 @@ def test_ablation_presets_plan_and_name_the_paper(preset, tmp_path):
         assert len(runs) == 9 and {(r.config.adapter.k, r.config.adapter.b) for r in runs} == {
             (k, b) for k in (1, 2, 4) for b in (2, 4, 8)}
     kinds = {"no-fc1": ["q", "k", "v", "proj", "fc2"], "no-attn-proj": ["q", "k", "v", "fc1", "fc2"],
-             "attention-only": ["q", "k", "v", "proj"], "mlp-only": ["fc1", "fc2"]}
+             "attention-only": ["q", "k", "v", "proj"], "mlp-only": ["fc1", "fc2"], "qv-only": ["q", "v"]}
     if preset in kinds:  # the targets adapt exactly these kinds of a timm ViT's blocks
-        model = make_tiny_vit(depth=2)
-        adapters = patch_model(model, runs[0].config.model.targets, split=runs[0].config.model.split)
+        model, chosen = make_tiny_vit(depth=2), runs[0].config.model
+        adapters = patch_model(model, chosen.targets, split=chosen.split, exclude=chosen.exclude)
         assert sorted({block_index_and_kind(a.name) for a in adapters}) == sorted(
             (block, kind) for block in (0, 1) for kind in kinds[preset])
 
