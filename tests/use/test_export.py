@@ -119,6 +119,26 @@ def test_peft_export_of_split_qkv_with_per_part_ranks_is_exact(tmp_path):
     assert (_peft_logits(make_tiny_vit(), tmp_path / "out", x) - expected).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("method", ["elalora", "lora"])
+def test_peft_export_of_q_v_only_adapters_gives_k_no_rank(method, tmp_path):
+    model = make_tiny_vit()
+    patch_model(model, ["blocks.*.attn.qkv"], ElaLoRAConfig(rank=2, max_rank=4), split=QKV_SPLIT,
+                exclude=["head", "blocks.*.attn.qkv.k"], method=method)
+    with torch.no_grad():
+        for adapter in find_adapters(model):
+            adapter.layer.lora_B[adapter.part].normal_(0, 0.1)
+            if method == "elalora":
+                adapter.layer.set_lambdas(torch.randn(4) * 0.5, (adapter.part,))
+    model.eval()
+    export_peft(model, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["rank_pattern"] == {"blocks.0.attn.qkv": 4, "blocks.1.attn.qkv": 4}  # q 2 + v 2, k 0
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    assert (_peft_logits(make_tiny_vit(), tmp_path / "out", x) - expected).abs().max() <= 1e-5
+
+
 def _tiny_bert():
     from transformers import BertConfig, BertForSequenceClassification
 
