@@ -110,6 +110,30 @@ MUTATIONS = [
         '"bf16": "no", "fp16": "fp16"}[precision]',
         ("tests/train/test_train.py",),
     ),
+    Mutation(
+        "excluded-part-starts-with-rank",
+        "an excluded part (k of q/v-only) starts with the rank of the others",
+        "elalora_vit/core/layer.py",
+        "mask &= self.part_inclusion().unsqueeze(1)",
+        "mask |= False",
+        ("tests/core/test_excluded_parts.py",),
+    ),
+    Mutation(
+        "excluded-part-is-an-adapter",
+        "the allocators see an excluded part as an adapter (a candidate, in the budget)",
+        "elalora_vit/core/layer.py",
+        "            if layer.is_excluded(index):\n                continue\n",
+        "",
+        ("tests/core/test_excluded_parts.py",),
+    ),
+    Mutation(
+        "adapter-file-forgets-exclusion",
+        "an adapter file of a q/v-only run does not record that k is excluded",
+        "elalora_vit/core/adapter_io.py",
+        'info["excluded_parts"] = list(layer.excluded_parts)',
+        "pass",
+        ("tests/core/test_excluded_parts.py",),
+    ),
 ]
 
 
