@@ -28,8 +28,20 @@ def processes(tmp_path_factory) -> tuple[dict, dict]:
     """What each of the two processes recorded (see hf_ddp_worker.py)."""
     dumps = tmp_path_factory.mktemp("hf_ddp")
     command = [*LAUNCH, str(WORKER), str(dumps), "--skew-scores-on", "1"]
-    done = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # About 15 s alone on two cores. A process left waiting in a collective the other never
+    # joins hangs instead: then stop torchrun, which stops its workers. (Output goes to a file,
+    # so nothing waits on a pipe a stray worker still holds.)
+    log = dumps / "launcher.log"
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            launcher.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            launcher.terminate()
+            launcher.wait(timeout=60)
+            pytest.fail("the two Trainer processes hung (one waits in a collective the other never joined):\n"
+                        + log.read_text()[-3000:])
+    assert launcher.returncode == 0, log.read_text()[-3000:]
     p0, p1 = (torch.load(dumps / f"process{r}.pt", weights_only=True) for r in (0, 1))
     assert p0["world"] == p1["world"] == 2
     return p0, p1
