@@ -110,7 +110,9 @@ class ElaLoRACallback(TrainerCallback):
         self.allocator.step(getattr(optimizer, "optimizer", optimizer))
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        # Written where Trainer writes its own state: by the main process, or by each node's
+        # first process with save_on_each_node (nodes without a shared disk resume from their own).
+        if args.should_save:
             path = _state_path(args.output_dir, state.global_step)
             saved = self.allocator.state_dict()
             atomic_write(path, lambda tmp: torch.save(saved, tmp))
