@@ -198,7 +198,7 @@ class RankAllocator:
         layer = self.layers[li]
         layer.rank_mask[part, slot] = False
         layer.lora_theta[part, slot] = 0.0
-        self._reset_slot_state(li, part, slot, optimizer)
+        self._reset_slot_state(li, part, slot, optimizer, grown=False)
 
     @torch.no_grad()
     def _expand(self, adapter: int, optimizer) -> int:
@@ -216,15 +216,23 @@ class RankAllocator:
         P[:, slot] = _orthogonal_unit_vector(P[:, active].T, self.generator).to(P)
         layer.lora_theta[part, slot] = 0.0  # lambda = 0: the function does not jump
         mask[slot] = True
-        self._reset_slot_state(li, part, slot, optimizer)
+        self._reset_slot_state(li, part, slot, optimizer, grown=True)
         return slot
 
-    def _reset_slot_state(self, li: int, part: int, slot: int, optimizer) -> None:
+    def _reset_slot_state(self, li: int, part: int, slot: int, optimizer, *, grown: bool) -> None:
+        """Fresh importance and optimizer state for a changed slot.  A grown slot's
+        second moments start at the mean of the part's other active slots
+        (``optim_state`` explains why); a pruned slot's state is all zero."""
         layer = self.layers[li]
         self.tracker.reset_slot(li, part, slot)
-        reset_optimizer_slot(optimizer, layer.lora_A, (part, slot))
-        reset_optimizer_slot(optimizer, layer.lora_theta, (part, slot))
-        reset_optimizer_slot(optimizer, layer.lora_B, (part, slice(None), slot))
+        like_rows = like_columns = None
+        if grown:
+            others = layer.active_slots(part)
+            others = others[others != slot]
+            like_rows, like_columns = (part, others), (part, slice(None), others)
+        reset_optimizer_slot(optimizer, layer.lora_A, (part, slot), like_rows, dim=0)
+        reset_optimizer_slot(optimizer, layer.lora_theta, (part, slot), like_rows, dim=0)
+        reset_optimizer_slot(optimizer, layer.lora_B, (part, slice(None), slot), like_columns, dim=1)
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
