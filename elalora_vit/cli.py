@@ -550,15 +550,25 @@ def _add_tune(sub) -> None:
     p.set_defaults(func=_vtab_tune)
 
 
+class _ExactFlags(argparse.ArgumentParser):
+    """A parser that takes flags only as spelled: argparse's default accepts any
+    unambiguous prefix (``--stag`` for ``--stage``), so a misspelt command in a
+    script or a doc would run, and a later flag sharing the prefix would break it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ExactFlags(
         prog="elalora-vit",
         description="ElaLoRA: elastic low-rank adaptation of Vision Transformers (prune and expand ranks while training).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_ExactFlags)
     _add_train(sub)
     _add_prepare(sub)
     _add_check_data(sub)

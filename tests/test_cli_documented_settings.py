@@ -4,6 +4,7 @@ documented command can no longer be refused for its own flags.  Nothing is train
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -70,3 +71,29 @@ def test_a_documented_command_resolves_to_valid_settings(where, argv, tmp_path, 
                           config=args.config, overrides=overrides, presets=DEFAULT_PRESETS,
                           grid=parse_grid(args.grid or []))
         assert runs and all(run.config.data.task in task_names() for run in runs)
+
+
+def _subcommands():
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+# What each command needs besides the flag, so that only the flag can be refused.
+REQUIRED = {"evaluate": ["run"], "predict": ["run", "a.png"], "export": ["run", "--format", "timm", "--out", "x"],
+            "vtab-report": ["runs"], "inspect-adapter": ["adapter.safetensors"]}
+
+
+@pytest.mark.parametrize("command", sorted(_subcommands()))
+def test_an_abbreviated_flag_is_refused(command, capsys):
+    """A flag counts only as spelled: a prefix such as `--stag` for `--stage` is an error,
+    so a command in the docs or a script cannot pass with a typo."""
+    sub = _subcommands()[command]
+    flags = {o for a in sub._actions for o in a.option_strings if o.startswith("--")}
+    abbreviated = [f[:-1] for f in sorted(flags) if len(f) > 4 and not any(g.startswith(f[:-1]) and g != f for g in flags)]
+    assert abbreviated, command
+    for flag in abbreviated:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([command, *REQUIRED.get(command, []), flag, "1"])
+        assert exit_info.value.code == 2, (command, flag)
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err, (command, flag)
