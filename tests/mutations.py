@@ -134,6 +134,14 @@ MUTATIONS = [
         "pass",
         ("tests/core/test_excluded_parts.py",),
     ),
+    Mutation(
+        "grown-slot-second-moment-zeroed",
+        "a grown rank's Adam second moment is zeroed (its steps then outrun the learning rate)",
+        "elalora_vit/core/optim_state.py",
+        "            if neighbours.numel():",
+        "            if False:",
+        ("tests/core/test_optim_state.py", "tests/core/test_allocator.py", "tests/train/test_rounds_in_training.py"),
+    ),
 ]
 
 
