@@ -95,6 +95,8 @@ ABLATION: dict[str, tuple[str, dict]] = {
     "elalora: gaussian, lambda lr x20": ("elalora", {"init": "gaussian", "lambda_lr_multiplier": 20.0}),
     "elalora: orthogonal, lambda lr x10": ("elalora", {"init": "orthogonal", "lambda_lr_multiplier": 10.0}),
     "elalora: orthogonal, lambda lr x30": ("elalora", {"init": "orthogonal", "lambda_lr_multiplier": 30.0}),
+    "elalora: orthogonal, lambda lr x40": ("elalora", {"init": "orthogonal", "lambda_lr_multiplier": 40.0}),
+    "elalora: no orthogonal regulariser (gamma 0)": ("elalora", {"orth_reg_weight": 0.0}),
     "elalora: no reallocation (b=0)": ("elalora", {"b": 0}),
     "adalora (old defaults)": ("adalora", OLD_DEFAULTS),
 }
