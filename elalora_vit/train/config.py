@@ -229,9 +229,12 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML as PyYAML's safe loader reads it, except that numbers in exponent form
-    without a dot (``3e-3``, ``1e2``, ``1e-6``) are numbers: YAML 1.1 reads them as
-    strings, which surprised everyone who typed ``lr: 3e-3``."""
+    """YAML as PyYAML's safe loader reads it, with numbers as Python (and YAML 1.2)
+    spells them: exponent forms without a dot (``3e-3``, ``1e2``) are floats, where
+    YAML 1.1 reads strings, which surprised everyone who typed ``lr: 3e-3``; and
+    integers are decimal (``epochs: 010`` is 10, ``1_000`` is 1000), where YAML 1.1
+    reads ``010`` as octal 8 and ``1:30`` as 90.  ``0x``/``0o``/``0b`` forms and
+    colons are then strings, which validation reports by key."""
 
 
 _FLOAT = "tag:yaml.org,2002:float"
@@ -243,12 +246,24 @@ _FLOAT_PATTERN = re.compile(
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
-# A copy of the safe loader's resolvers (not shared with it), float pattern replaced in place:
+_INT = "tag:yaml.org,2002:int"
+_INT_PATTERN = re.compile(r"^[-+]?[0-9][0-9_]*$")
+_PATTERNS = {_FLOAT: _FLOAT_PATTERN, _INT: _INT_PATTERN}
+# A copy of the safe loader's resolvers (not shared with it), number patterns replaced in place:
 # the float resolver is tried before the int one, as in PyYAML.
 _YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, _FLOAT_PATTERN if tag == _FLOAT else regexp) for tag, regexp in resolvers]
+    first: [(tag, _PATTERNS.get(tag, regexp)) for tag, regexp in resolvers]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+
+def _decimal_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    # Plain integers are decimal; an explicit ``!!int 0x10`` keeps YAML 1.1's reading.
+    return int(text) if _INT_PATTERN.match(text) else yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_YamlLoader.add_constructor(_INT, _decimal_int)
 
 
 def load_yaml(text: str) -> Any:

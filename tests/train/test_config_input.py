@@ -56,6 +56,10 @@ SPELLINGS = [
     ("adapter.warmup", "1e-1", 0.1),
     ("data.image_size", "2.24e2", 224),
     ("optim.epochs", "2.5e1", 25),
+    # Integers are decimal: YAML 1.1 reads 010 and 0_10 as octal 8, and 08 as a string.
+    ("optim.epochs", "010", 10),
+    ("optim.epochs", "0_10", 10),
+    ("adapter.rank", "08", 8),
 ]
 
 
