@@ -19,6 +19,12 @@ def tiny_vit():
     return make_tiny_vit()
 
 
+# One torch thread: faster than 2 on a shared 2-core runner, and the same count for every
+# run a test compares (CPU kernels sum in a thread-dependent order).  Set at import as well
+# as per test, so that module-scoped fixtures, built before any per-test fixture, use it too.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(1)  # faster than 2 on a shared 2-core runner
+    torch.set_num_threads(1)  # again per test: a test may have changed it

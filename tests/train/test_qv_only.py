@@ -37,7 +37,6 @@ def _set_flags(overrides: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def qv_run(folder_root, tmp_path_factory) -> Path:
-    torch.set_num_threads(1)  # as the tests' autouse fixture, which runs after module fixtures: bit-equal resumes
     out = tmp_path_factory.mktemp("qv-only") / "run"
     assert main(["train", "--config", str(PRESET), *_set_flags(_overrides(folder_root, out))]) == 0
     return out
