@@ -8,8 +8,6 @@ is fed its own half of every step's samples, and one of them scores the ranks di
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
 
@@ -17,8 +15,7 @@ pytest.importorskip("transformers")
 
 from tests.integrations import hf_ddp_worker  # noqa: E402
 from tests.integrations.test_hf import STEPS  # noqa: E402
-from tests.reliability.conftest import REPO, child_env  # noqa: E402
-from tests.reliability.test_distributed import LAUNCH  # noqa: E402
+from tests.reliability.conftest import REPO, run_torchrun  # noqa: E402
 
 WORKER = REPO / "tests" / "integrations" / "hf_ddp_worker.py"
 
@@ -27,21 +24,10 @@ WORKER = REPO / "tests" / "integrations" / "hf_ddp_worker.py"
 def processes(tmp_path_factory) -> tuple[dict, dict]:
     """What each of the two processes recorded (see hf_ddp_worker.py)."""
     dumps = tmp_path_factory.mktemp("hf_ddp")
-    command = [*LAUNCH, str(WORKER), str(dumps), "--skew-scores-on", "1"]
-    # About 15 s alone on two cores. A process left waiting in a collective the other never
-    # joins hangs instead: then stop torchrun, which stops its workers. (Output goes to a file,
-    # so nothing waits on a pipe a stray worker still holds.)
-    log = dumps / "launcher.log"
-    with open(log, "w") as out:
-        launcher = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
-        try:
-            launcher.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            launcher.terminate()
-            launcher.wait(timeout=60)
-            pytest.fail("the two Trainer processes hung (one waits in a collective the other never joined):\n"
-                        + log.read_text()[-3000:])
-    assert launcher.returncode == 0, log.read_text()[-3000:]
+    # About 15 s alone on two cores; a hang (a process waiting in a collective the other
+    # never joined) stops torchrun and fails the test.
+    done = run_torchrun([str(WORKER), str(dumps), "--skew-scores-on", "1"], dumps, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
     p0, p1 = (torch.load(dumps / f"process{r}.pt", weights_only=True) for r in (0, 1))
     assert p0["world"] == p1["world"] == 2
     return p0, p1

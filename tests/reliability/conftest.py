@@ -54,6 +54,37 @@ def run_cli(args: list[str], threads: int = 1, timeout: float = 300, **kwargs) -
     )
 
 
+# ``torchrun --standalone --nproc_per_node 2``: two processes on this machine, a free port.
+# (``accelerate launch --cpu --num_processes 2`` starts a single process unless mpirun is used.)
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def run_torchrun(args: list[str], folder: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun`` with two processes running ``args``, its output read back as text.
+
+    A process left waiting in a collective its peer never joins hangs rather than fails.
+    Then torchrun is stopped (it stops its workers, where ``subprocess.run``'s timeout
+    would kill torchrun alone and leave the workers running) and the test fails with the
+    output's tail.  Output goes to files in ``folder``, not pipes, so nothing waits on a
+    pipe a stray worker still holds.
+    """
+    out_path, err_path = folder / "torchrun.out", folder / "torchrun.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        launcher = subprocess.Popen([*LAUNCH, *args], cwd=REPO, env=child_env(), stdout=out, stderr=err)
+        try:
+            launcher.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            launcher.terminate()
+            try:
+                launcher.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
+            pytest.fail(f"the processes hung for {timeout:.0f} s (one waits in a collective the other never "
+                        "joined):\n" + err_path.read_text()[-3000:])
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, out_path.read_text(), err_path.read_text())
+
+
 @pytest.fixture(scope="session")
 def task_root(tmp_path_factory) -> Path:
     """A 4-class folder task: 24 + 6 training images, 16 test images."""

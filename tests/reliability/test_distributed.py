@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from tests.reliability.conftest import REPO, child_env, cli_train_args
+from tests.reliability.conftest import REPO, cli_train_args, run_torchrun
 from tests.train.conftest import tiny_overrides
 
 WORKER = REPO / "tests" / "reliability" / "dist_worker.py"
-# ``torchrun --standalone --nproc_per_node 2``: two processes on this machine, a free port.
-# (``accelerate launch --cpu --num_processes 2`` starts a single process unless mpirun is used.)
-LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def launch(task_root, tmp_path, *faults: str) -> tuple[dict, dict, Path, subprocess.CompletedProcess]:
@@ -29,8 +25,7 @@ def launch(task_root, tmp_path, *faults: str) -> tuple[dict, dict, Path, subproc
     out, dumps = tmp_path / "run", tmp_path / "dumps"
     dumps.mkdir()
     overrides = tiny_overrides(task_root, out, **{"optim.epochs": 4, "optim.batch_size": 4, "optim.grad_clip": 0})
-    command = [*LAUNCH, str(WORKER), str(dumps), *faults, "--", *cli_train_args(overrides)]
-    done = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    done = run_torchrun([str(WORKER), str(dumps), *faults, "--", *cli_train_args(overrides)], dumps)
     assert done.returncode == 0, done.stderr[-3000:]
     p0, p1 = (torch.load(dumps / f"process{r}.pt", weights_only=True) for r in (0, 1))
     assert p0["world"] == p1["world"] == 2
