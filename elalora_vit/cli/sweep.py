@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 SWEEP_EXAMPLES = """examples:
   elalora-vit vtab-sweep --dry-run                                   # all 19 tasks x 5 methods, seed 0
@@ -15,19 +16,27 @@ SWEEP_EXAMPLES = """examples:
 """
 
 
-def _vtab_sweep(args: argparse.Namespace) -> int:
-    from ..data.tasks import parse_task_list
-    from ..sweep import plan_sweep, run_sweep
-    from ..sweep.grid import parse_grid
-    from ..sweep.plan import DEFAULT_PRESETS, describe_plan
-    from ..sweep.preflight import preflight
-    from ..sweep.runner import is_main_process
+def _overrides_and_presets(args: argparse.Namespace) -> tuple[dict, str | Path | None]:
+    """The ``--set``/``--no-progress`` overrides and the ``--presets`` choice of vtab-sweep and vtab-tune."""
+    from ..sweep.plan import DEFAULT_PRESETS
     from ..train.config import parse_override
 
     overrides = dict(parse_override(text) for text in args.set or [])
     if args.no_progress:
         overrides["progress"] = False
     presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
+    return overrides, presets
+
+
+def _vtab_sweep(args: argparse.Namespace) -> int:
+    from ..data.tasks import parse_task_list
+    from ..sweep import plan_sweep, run_sweep
+    from ..sweep.grid import parse_grid
+    from ..sweep.plan import describe_plan
+    from ..sweep.preflight import preflight
+    from ..sweep.runner import is_main_process
+
+    overrides, presets = _overrides_and_presets(args)
     tasks = parse_task_list(args.tasks)
     plan = dict(output=args.output, config=args.config, overrides=overrides, presets=presets,
                 grid=parse_grid(args.grid or []))
@@ -113,15 +122,11 @@ def _add_sweep(sub) -> None:
 
 
 def _vtab_tune(args: argparse.Namespace) -> int:
-    from ..sweep.plan import DEFAULT_PRESETS, parse_shard
+    from ..sweep.plan import parse_shard
     from ..sweep.runner import is_main_process
     from ..sweep.tune import plan_tune, run_tune
-    from ..train.config import parse_override
 
-    overrides = dict(parse_override(text) for text in args.set or [])
-    if args.no_progress:
-        overrides["progress"] = False
-    presets = None if args.presets == "none" else (args.presets or DEFAULT_PRESETS)
+    overrides, presets = _overrides_and_presets(args)
     plan = plan_tune(args.tasks, args.methods, args.seeds, search_space=args.search_space, output=args.output,
                      config=args.config, overrides=overrides, presets=presets, budget_match=args.budget_match)
     shard = parse_shard(args.shard) if args.shard else None
