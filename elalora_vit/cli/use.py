@@ -19,6 +19,7 @@ def _allocator_line(steps: int | None, rounds: int | None) -> str:
 
 
 def _inspect_adapter(args: argparse.Namespace) -> int:
+    from ..core.adapter_io import excluded_part_names
     from ..core.registry import get_method, method_names
     from ..use.rebuild import read_weights_metadata
 
@@ -36,7 +37,7 @@ def _inspect_adapter(args: argparse.Namespace) -> int:
     if meta["modules_to_save"]:
         print(f"also saved: {', '.join(meta['modules_to_save'])}")
     layers = meta.get("layers") if isinstance(meta.get("layers"), dict) else {}  # adapter files only
-    excluded = [f"{name}.{part}" for name, info in layers.items() for part in info.get("excluded_parts", [])]
+    excluded = excluded_part_names(layers)
     if excluded:
         print(f"excluded parts (not adapted, rank 0): {', '.join(excluded)}")
     if meta["method"] in method_names() and get_method(meta["method"]).allocator is not None:  # ranks move

@@ -109,8 +109,9 @@ def _layer_info(layer: AdaptedLinear) -> dict:
     return info
 
 
-def _part_excludes(layer_info: dict[str, dict]) -> list[str]:
-    """The ``exclude`` entries that rebuild the file's excluded parts: ``<module>.<part>``."""
+def excluded_part_names(layer_info: dict[str, dict]) -> list[str]:
+    """The excluded parts recorded in an adapter file's ``layers`` metadata, as
+    ``<module>.<part>``: the ``exclude`` entries that rebuild them."""
     return [f"{name}.{part}" for name, info in layer_info.items() for part in info.get("excluded_parts", [])]
 
 
@@ -173,7 +174,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: 
         check_backbone_fingerprint(model, meta.get("backbone_fingerprint"), path, meta["modules_to_save"])
     if not adapted_layers(model):
         split = {name: info["parts"] for name, info in layer_info.items() if info["parts"]}
-        patch_model(model, list(layer_info), config, split=split, exclude=_part_excludes(layer_info),
+        patch_model(model, list(layer_info), config, split=split, exclude=excluded_part_names(layer_info),
                     method=meta["layer_form"])
     for adapter in find_adapters(model):
         _load_adapter(adapter, tensors)
