@@ -60,6 +60,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elalora_vit.core import adapted_layers, orthogonal_regularization  # noqa: E402
+from elalora_vit.sweep.stats import t_interval  # noqa: E402
 from elalora_vit.train.config import TrainConfig, load_config  # noqa: E402
 from elalora_vit.train.health import HealthMonitor  # noqa: E402
 from elalora_vit.train.loop import lr_factor  # noqa: E402
@@ -439,23 +440,36 @@ def paired_difference(rows: list[dict], a: str, b: str) -> dict | None:
     if ra is None or rb is None:
         return None
     diffs = [x - y for x, y in zip(ra["test_acc_per_seed"], rb["test_acc_per_seed"])]
+    return {"a": a, "b": b, "per_seed": [round(d, 2) for d in diffs], **_paired_stats(diffs)}
+
+
+def _paired_stats(diffs: Sequence[float]) -> dict[str, Any]:
+    """Mean and std of paired differences, and the 95% t-interval of the mean (the one
+    ``vtab-report`` gives; None below two seeds): beyond the seeds' noise when it excludes 0."""
+    interval = t_interval(diffs)
     return {
-        "a": a, "b": b, "per_seed": [round(d, 2) for d in diffs],
-        "mean": round(statistics.mean(diffs), 2),
+        "mean": round(interval.mean, 2),
         "std": round(statistics.stdev(diffs), 2) if len(diffs) > 1 else 0.0,
+        "ci95": None if interval.low is None else [round(interval.low, 2), round(interval.high, 2)],
+        "n": interval.n,
     }
+
+
+def _paired_text(d: dict) -> str:
+    """``+1.20 ± 2.00 [-0.30, +2.70]``: mean ± std over seeds, then the 95% interval of the mean."""
+    ci = "" if d["ci95"] is None else f" [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+    return f"{d['mean']:+.2f} ± {d['std']:.2f}{ci}"
 
 
 def paired_at_each_lr(runs: list[dict], a: str, b: str) -> dict | None:
     """Test accuracy of ``a`` minus ``b`` at each learning rate of the grid, paired by seed."""
     by_lr = {}
-    for lr in dict.fromkeys(r["lr"] for r in runs):
+    for lr in sorted({r["lr"] for r in runs}):
         ta = {r["seed"]: r["test_acc"] for r in runs if r["method"] == a and r["lr"] == lr}
         tb = {r["seed"]: r["test_acc"] for r in runs if r["method"] == b and r["lr"] == lr}
         diffs = [ta[s] - tb[s] for s in ta if s in tb]
         if diffs:
-            by_lr[str(lr)] = {"mean": round(statistics.mean(diffs), 2),
-                              "std": round(statistics.stdev(diffs), 2) if len(diffs) > 1 else 0.0}
+            by_lr[str(lr)] = _paired_stats(diffs)
     return {"a": a, "b": b, "by_lr": by_lr} if by_lr else None
 
 
@@ -477,9 +491,10 @@ def markdown_table(rows: list[dict]) -> str:
 def summarise_run_files(paths: Sequence[str], a: str = "elalora", b: str = "lora") -> str:
     """Markdown: per ``<json>.runs.jsonl`` file (one width and rank each), ``a`` and ``b`` at their
     val-chosen LR, and ``a - b`` paired by seed at those LRs and at every LR of the grid.  Only
-    seeds with every method and LR are used, so a run stopped by a time limit is summarised fairly."""
+    seeds with every method and LR are used, so a run stopped by a time limit is summarised fairly.
+    Differences read ``mean ± std [95% interval of the mean]``."""
     lines = ["| runs | seeds | method | LR (val-chosen) | val acc | test acc | val-chosen: "
-             f"{a} − {b}, paired | same LR: {a} − {b}, paired (mean ± std) |",
+             f"{a} − {b}, paired | same LR: {a} − {b}, paired (mean ± std [95% interval]) |",
              "|---|---:|---|---:|---:|---:|---:|---|"]
     for path in paths:
         runs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -494,13 +509,13 @@ def summarise_run_files(paths: Sequence[str], a: str = "elalora", b: str = "lora
         rows = summarise(runs, Settings(model={}, lrs=tuple(lrs)))
         chosen = paired_difference(rows, a, b)
         same = paired_at_each_lr(runs, a, b)
-        same_text = "; ".join(f"{float(lr):g}: {v['mean']:+.2f} ± {v['std']:.2f}" for lr, v in same["by_lr"].items())
+        same_text = "; ".join(f"{float(lr):g}: {_paired_text(v)}" for lr, v in same["by_lr"].items())
         for row in rows:
             edge = " (edge)" if row["lr_at_grid_edge"] else ""
             lines.append(
                 f"| {Path(path).name.split('.')[0]} | {len(seeds)} | {row['method']} | {row['lr']:g}{edge} | "
                 f"{row['val_acc_mean']:.1f} | {row['test_acc_mean']:.2f} ± {row['test_acc_std']:.2f} | "
-                + (f"{chosen['mean']:+.2f} ± {chosen['std']:.2f} | {same_text} |" if row["method"] == a else " | |")
+                + (f"{_paired_text(chosen)} | {same_text} |" if row["method"] == a else " | |")
             )
     return "\n".join(lines)
 
@@ -613,10 +628,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print()
     print(markdown_table(rows))
     for d in paired:
-        print(f"{d['a']} - {d['b']} (test, each at its val-chosen lr, paired by seed): "
-              f"{d['mean']:+.2f} ± {d['std']:.2f}  {d['per_seed']}")
+        print(f"{d['a']} - {d['b']} (test, each at its val-chosen lr, paired by seed; mean ± std [95% interval]): "
+              f"{_paired_text(d)}  {d['per_seed']}")
     for d in same_lr:
-        cells = ", ".join(f"lr {lr}: {v['mean']:+.2f} ± {v['std']:.2f}" for lr, v in d["by_lr"].items())
+        cells = ", ".join(f"lr {lr}: {_paired_text(v)}" for lr, v in d["by_lr"].items())
         print(f"{d['a']} - {d['b']} (test, same lr, paired by seed): {cells}")
     print(f"\ntotal {result['seconds']:.0f} s")
     if args.json:

@@ -53,3 +53,22 @@ def test_quick_run_reports_every_method(transfer, tmp_path, capsys):
     assert len(partial.read_text().splitlines()) == len(runs)
     table = transfer.main(["--summarise", str(partial)])["table"]
     assert "| transfer | 1 | elalora |" in table and "| transfer | 1 | lora |" in table
+
+
+def test_summary_pairs_each_method_at_its_chosen_rate_with_a_95_percent_interval(transfer, tmp_path):
+    # LoRA's validation picks 3e-3, ElaLoRA's 1e-2; the paired differences at those rates
+    # are 1, 2 and 3 (mean 2, sd 1), so the interval is 2 ± t(0.975, 2) / sqrt(3) = 2 ± 2.48.
+    test = {("lora", 1e-2): [70.0, 70.0, 70.0], ("lora", 3e-3): [80.0, 81.0, 82.0],  # files list rates in any order
+            ("elalora", 3e-3): [60.0, 61.0, 65.0], ("elalora", 1e-2): [81.0, 83.0, 85.0]}
+    val = {("lora", 3e-3): 90.0, ("lora", 1e-2): 50.0, ("elalora", 3e-3): 50.0, ("elalora", 1e-2): 90.0}
+    runs = tmp_path / "w64_r8.runs.jsonl"
+    runs.write_text("".join(
+        json.dumps({"method": m, "kind": m, "lr": lr, "seed": s, "val_acc": val[m, lr], "val_loss": 0.5,
+                    "test_acc": acc, "trainable_params": 100, "seconds": 1.0}) + "\n"
+        for (m, lr), accs in test.items() for s, acc in enumerate(accs)))
+    table = transfer.main(["--summarise", str(runs)])["table"]
+    elalora = next(line for line in table.splitlines() if "| elalora |" in line)
+    assert "| 0.01 (edge) |" in elalora and "| 83.00 ± 2.00 |" in elalora
+    assert "+2.00 ± 1.00 [-0.48, +4.48]" in elalora
+    # Same rate, rates in ascending order: 3e-3 gives -20, -20, -17; 1e-2 gives 11, 13, 15.
+    assert "0.003: -19.00 ± 1.73 [-23.30, -14.70]; 0.01: +13.00 ± 2.00 [+8.03, +17.97]" in elalora
