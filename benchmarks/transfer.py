@@ -99,6 +99,11 @@ ABLATION: dict[str, tuple[str, dict]] = {
     "elalora: orthogonal, lambda lr x40": ("elalora", {"init": "orthogonal", "lambda_lr_multiplier": 40.0}),
     "elalora: no orthogonal regulariser (gamma 0)": ("elalora", {"orth_reg_weight": 0.0}),
     "elalora: no reallocation (b=0)": ("elalora", {"b": 0}),
+    "elalora: gamma 0.3": ("elalora", {"orth_reg_weight": 0.3}),
+    "elalora: b 8": ("elalora", {"b": 8}),
+    "elalora: k 4": ("elalora", {"k": 4}),
+    "elalora: linear schedule": ("elalora", {"schedule": "linear"}),
+    "elalora: beta1 = beta2 = 0.95": ("elalora", {"beta1": 0.95, "beta2": 0.95}),
     "adalora (old defaults)": ("adalora", OLD_DEFAULTS),
 }
 
