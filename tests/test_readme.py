@@ -99,3 +99,20 @@ def test_using_a_trained_adapter_runs(tmp_path, monkeypatch):
     assert (tmp_path / "runs/quickstart-digits/elalora/seed0/eval-val200.json").is_file()
     assert (tmp_path / "exported/digits-timm/config.json").is_file()
     assert (tmp_path / "exported/bert-peft/adapter_config.json").is_file()
+
+
+def _slug(heading: str) -> str:
+    # GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_section_link_names_a_heading_of_its_file():
+    root = README.parent
+    links = re.findall(r"\]\(((?:[\w.]+\.md)?)#([^)\s]+)\)", README.read_text())
+    assert links, "the README links to its sections"
+    for target, anchor in links:
+        text = (root / (target or "README.md")).read_text()
+        # headings outside code blocks
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+        anchors = {_slug(h) for h in re.findall(r"^#+ (.*)$", prose, flags=re.M)}
+        assert anchor in anchors, f"README links to {target or 'README.md'}#{anchor}, which no heading there makes"
