@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..core.files import atomic_write_json
-from ..train import train
+from ..train import RunInUse, train
+from ..train.loop import run_folder_lock
 from .formatting import one_line
 from .plan import FAILED, SweepRun
 
@@ -33,6 +34,7 @@ class SweepSummary:
 
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already done before this sweep
+    elsewhere: list[str] = field(default_factory=list)  # held by another live process (its folder lock)
     failed: dict[str, str] = field(default_factory=dict)  # name -> error message
     report: Path | None = None
     report_error: str | None = None
@@ -43,10 +45,14 @@ class SweepSummary:
 
     def lines(self) -> list[str]:
         """A short human summary."""
-        total = len(self.trained) + len(self.skipped) + len(self.failed)
+        total = len(self.trained) + len(self.skipped) + len(self.failed) + len(self.elsewhere)
+        elsewhere = f", {len(self.elsewhere)} running elsewhere" if self.elsewhere else ""
         lines = [
-            f"{total} runs: {len(self.trained)} trained, {len(self.skipped)} already done, {len(self.failed)} failed"
+            f"{total} runs: {len(self.trained)} trained, {len(self.skipped)} already done{elsewhere}, "
+            f"{len(self.failed)} failed"
         ]
+        lines += [f"  running elsewhere: {name} (another process holds its folder; run the sweep again "
+                  "after it ends to include it in the report)" for name in self.elsewhere]
         lines += [f"  FAILED {name}: {message}" for name, message in self.failed.items()]
         if self.report is not None:
             lines.append(f"report: {self.report}")
@@ -66,27 +72,25 @@ def run_sweep(runs: Sequence[SweepRun], *, report_dir: str | Path | None = None)
     summary = SweepSummary()
     main = is_main_process()
     for number, run in enumerate(runs, 1):
-        status = run.status()
-        if status == "done":
+        if run.status() == "done":
             summary.skipped.append(run.name)
             continue
-        if main:
-            resuming = "resuming from its checkpoint" if run.files.checkpoint.is_file() else "starting"
-            log.info("[%d/%d] %s: %s (%s)", number, len(runs), run.name, resuming, run.output_dir)
-            (run.output_dir / FAILED).unlink(missing_ok=True)
         try:
-            # Resume what has a checkpoint; start anything else afresh, replacing the files of an
-            # attempt that died before its first checkpoint.
-            resume = run.files.checkpoint.is_file()
-            result = train(run.config, resume=resume, overwrite=not resume)
-        except Exception as err:  # one broken run must not stop the others; Ctrl-C still does
-            message = _one_line(err)
-            summary.failed[run.name] = message
+            # What to do with the folder is decided under its lock, and the lock is held
+            # while training: a second sweep on the same folder never resumes, overwrites or
+            # deletes a run this one is training (nor one that ended while it looked).
+            with run_folder_lock(run.files):
+                outcome = _train_run(run, number, len(runs), main, summary)
+        except RunInUse:
+            summary.elsewhere.append(run.name)
             if main:
-                log.error("[%d/%d] %s failed: %s", number, len(runs), run.name, message)
-                record_failure(run, err)
+                log.info("[%d/%d] %s: running elsewhere (another process holds %s); skipped",
+                         number, len(runs), run.name, run.output_dir)
+            continue
+        if outcome is None:
             continue
         summary.trained.append(run.name)
+        result = outcome
         if main:
             log.info("[%d/%d] %s: top-1 %.2f%% (%s s)", number, len(runs), run.name,
                      result["accuracy"], result.get("wall_time_s"))
@@ -99,6 +103,30 @@ def run_sweep(runs: Sequence[SweepRun], *, report_dir: str | Path | None = None)
             summary.report_error = f"{_one_line(err)} (after fixing it: elalora-vit vtab-report {report_dir})"
             log.error("the report of %s failed: %s", report_dir, summary.report_error)
     return summary
+
+
+def _train_run(run: SweepRun, number: int, count: int, main: bool, summary: SweepSummary) -> dict | None:
+    """Train one run whose folder this process holds; its result, or None when it was
+    finished meanwhile (counted as skipped) or failed (recorded)."""
+    if run.status() == "done":  # finished by another process between the first look and the lock
+        summary.skipped.append(run.name)
+        return None
+    if main:
+        resuming = "resuming from its checkpoint" if run.files.checkpoint.is_file() else "starting"
+        log.info("[%d/%d] %s: %s (%s)", number, count, run.name, resuming, run.output_dir)
+        (run.output_dir / FAILED).unlink(missing_ok=True)
+    try:
+        # Resume what has a checkpoint; start anything else afresh, replacing the files of an
+        # attempt that died before its first checkpoint.
+        resume = run.files.checkpoint.is_file()
+        return train(run.config, resume=resume, overwrite=not resume)
+    except Exception as err:  # one broken run must not stop the others; Ctrl-C still does
+        message = _one_line(err)
+        summary.failed[run.name] = message
+        if main:
+            log.error("[%d/%d] %s failed: %s", number, count, run.name, message)
+            record_failure(run, err)
+        return None
 
 
 def record_failure(run: SweepRun, err: BaseException) -> Path:

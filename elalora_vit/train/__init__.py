@@ -2,7 +2,7 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import METHODS, AdapterConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig, load_config
-from .errors import RunInterrupted, TrainingError
+from .errors import RunInterrupted, RunInUse, TrainingError
 from .loop import train
 from .run_files import RunFiles
 from .runtime import evaluate
@@ -16,6 +16,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "RunFiles",
+    "RunInUse",
     "RunInterrupted",
     "RunState",
     "TrainConfig",

@@ -7,6 +7,10 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite steps); its last checkpoint is intact."""
 
 
+class RunInUse(TrainingError):
+    """Another live process owns the run's output folder (its lock); nothing was changed."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the run; says where (``epoch`` was running, ``checkpoint_epoch``
     is the last checkpoint on disk, None if none). A KeyboardInterrupt, so that code

@@ -18,22 +18,25 @@ checkpoint and resume (resume.py), outputs (outputs.py), the end-of-run summary
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..core import orthogonal_regularization
 from ..core.errors import first_line
+from ..core.lock import FolderLock, FolderLocked, LockUnavailable
 from ..data import DataError, load_task_data, resolve_task
 from ..vit import check_input_size, create_run_backbone, resolve_data_config
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
-from .errors import RunInterrupted, TrainingError
+from .errors import RunInterrupted, RunInUse, TrainingError
 from .health import HealthMonitor
 from .methods import setup_method, total_rank
 from .outputs import append_jsonl, epoch_record, run_result, start_outputs, write_outputs
@@ -47,7 +50,7 @@ from .tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunInterrupted", "TrainingError", "evaluate", "lr_factor", "train"]
+__all__ = ["RunInUse", "RunInterrupted", "TrainingError", "evaluate", "lr_factor", "train"]
 
 
 def train(
@@ -69,15 +72,40 @@ def train(
     """
     cfg.validate()
     files = RunFiles(cfg.resolved_output_dir())
-    action = run_folder_action(files, cfg.to_dict(), resume=resume, overwrite=overwrite)
-    if action == FINISHED:
-        return json.loads(files.result.read_text())
+    with run_folder_lock(files):
+        action = run_folder_action(files, cfg.to_dict(), resume=resume, overwrite=overwrite)
+        if action == FINISHED:
+            return json.loads(files.result.read_text())
+        try:
+            return _run(cfg, files, action, stop_after_epoch)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:  # while building the model or caching the data
+            raise RunInterrupted(files.root, None, None) from None
+
+
+@contextlib.contextmanager
+def run_folder_lock(files: RunFiles) -> Iterator[None]:
+    """Hold the run folder's lock (``core/lock.py``) for the whole run, so a second process
+    never resumes, overwrites or deletes it.  Taken by the main process of a distributed run
+    only: its other processes work under the main one's lock.
+
+    Raises:
+        RunInUse: another live process holds the folder.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
     try:
-        return _run(cfg, files, action, stop_after_epoch)
-    except RunInterrupted:
-        raise
-    except KeyboardInterrupt:  # while building the model or caching the data
-        raise RunInterrupted(files.root, None, None) from None
+        lock = FolderLock(files.root, "training").acquire()
+    except FolderLocked as err:
+        raise RunInUse(f"{err}; this run was left untouched") from None
+    except LockUnavailable as err:
+        raise TrainingError(f"{err}: the output folder must be writable") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int | None) -> dict[str, Any]:
