@@ -1,5 +1,12 @@
+import os
+import tempfile
+
 import pytest
 import torch
+
+# The decoded-image cache of every run the tests start (and of their subprocesses) lives in a
+# fresh folder, never in the user's ~/.cache.
+os.environ["ELALORA_VIT_CACHE"] = tempfile.mkdtemp(prefix="elalora-vit-test-cache-")
 
 VIT_TARGETS = ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"]
 QKV_SPLIT = {"attn.qkv": ["q", "k", "v"]}

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import ElaLoRAConfig
-from .files import atomic_write
+from ..storage.files import atomic_write
 from .fingerprint import backbone_fingerprint
 from .inject import patch_model
 from .layer import AdaptedLinear, AdapterRef, SVDLinear, adapted_layers, find_adapters, unwrap_model
@@ -144,7 +144,12 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
         )
     decoded = dict(meta)
     for key in ("config", "layers", "rank_pattern", "modules_to_save"):
-        decoded[key] = json.loads(meta[key])
+        if key not in meta:
+            raise AdapterFileError(f"{path}: its metadata has no '{key}' entry; the file is damaged")
+        try:
+            decoded[key] = json.loads(meta[key])
+        except ValueError as err:
+            raise AdapterFileError(f"{path}: metadata entry '{key}' is not valid JSON ({err})") from None
     # Files written before "layer_form" existed named the layer form in "method".
     decoded.setdefault("layer_form", meta.get("method"))
     for key in ("allocator_steps", "allocator_rounds"):  # absent from files written before they were recorded
@@ -264,8 +269,17 @@ def _check_fits(model, path, layer_info, meta, tensors, config) -> None:
                 fail(f"layer '{name}' holds {form_of(module).title} adapters but the file holds {saved.title} adapters")
     capacity = saved.layer.capacity_for(config)
     for key, r in meta["rank_pattern"].items():
-        if f"{key}.lora_A" not in tensors or r > capacity:
-            fail(f"adapter '{key}' is missing or its rank {r} exceeds capacity {capacity}")
+        if f"{key}.lora_A" not in tensors or not isinstance(r, int) or r > capacity:
+            fail(f"adapter '{key}' is missing or its rank {r!r} is not an integer up to its capacity {capacity}")
+        for name, shape in _expected_shapes(key, r, layer_info, issubclass(saved.layer, SVDLinear)).items():
+            got = tensors.get(name)
+            if got is None or tuple(got.shape) != shape:
+                fail(f"tensor '{name}' has shape {None if got is None else tuple(got.shape)} in the file; "
+                     f"this model needs {shape} (rank {r})")
+    not_finite = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not_finite:
+        fail(f"tensor(s) {', '.join(not_finite[:5])}{' ...' if len(not_finite) > 5 else ''} hold NaN or infinite "
+             "values (a diverged run?); such adapters cannot give meaningful predictions")
     for module_name in meta["modules_to_save"]:
         try:
             target = model.get_submodule(module_name)
@@ -277,6 +291,18 @@ def _check_fits(model, path, layer_info, meta, tensors, config) -> None:
             if saved is None or saved.shape != value.shape:
                 got = None if saved is None else tuple(saved.shape)
                 fail(f"'{module_name}.{param_name}' has shape {tuple(value.shape)} here, {got} in the file")
+
+
+def _expected_shapes(key: str, rank: int, layer_info: dict[str, dict], svd: bool) -> dict[str, tuple[int, ...]]:
+    """The shapes the file must hold for adapter ``key`` (``<layer>`` or ``<layer>.<part>``) at ``rank``."""
+    layer = key if key in layer_info else key.rpartition(".")[0]
+    info = layer_info.get(layer, {})
+    parts = len(info.get("parts") or ()) or 1
+    d_in, d_part = info.get("in_features", 0), info.get("out_features", 0) // parts
+    shapes = {f"{key}.lora_A": (rank, d_in), f"{key}.lora_B": (d_part, rank)}
+    if svd:
+        shapes[f"{key}.lora_E"] = (rank,)
+    return shapes
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:

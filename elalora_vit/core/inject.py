@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .config import ElaLoRAConfig
+from .config import ConfigError, ElaLoRAConfig
 from .layer import AdaptedLinear, AdapterRef, SVDLinear, find_adapters
 from .registry import adapter_forms, get_method
 from .targets import Target, TargetError, match_targets, resolve_excluded_parts, resolve_split
@@ -55,6 +55,7 @@ def patch_model(
     names = match_targets(model, targets, exclude)
     parts_of = resolve_split(names, split)
     excluded_of = resolve_excluded_parts(model, names, parts_of, exclude)
+    _check_rank(model, names, parts_of, config)
     if freeze_base:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -79,6 +80,22 @@ def unpatch_model(model: nn.Module, merge: bool = False) -> nn.Module:
             layer.unmerge()
         _set_submodule(model, name, layer.base_layer)
     return model
+
+
+def _check_rank(model: nn.Module, names, parts_of, config: ElaLoRAConfig) -> None:
+    """Refuse, before any layer is touched, a rank above a target's smaller dimension: such
+    ranks cannot be independent (and a rank of 100,000 would take minutes to initialise)."""
+    for name in names:
+        base = model.get_submodule(name)
+        parts = len(parts_of.get(name) or ()) or 1
+        d_in, d_out = getattr(base, "in_features", None), getattr(base, "out_features", None)
+        if d_in is None or d_out is None:
+            continue  # not a Linear: the layer class says so
+        bound = min(d_in, d_out // parts)
+        if config.rank > bound:
+            raise ConfigError(
+                f"invalid value for 'rank': {config.rank!r}; expected at most {bound}, the smaller dimension of "
+                f"{name}{' (per part)' if parts > 1 else ''}: {d_in} inputs, {d_out // parts} outputs")
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

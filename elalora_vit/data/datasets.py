@@ -100,11 +100,24 @@ class TensorCacheDataset(Dataset):
         self._mean = preprocess.mean_tensor()
         self._std = preprocess.std_tensor()
 
+    @classmethod
+    def from_pixels(cls, pixels: torch.Tensor, labels: torch.Tensor, preprocess: Preprocess) -> "TensorCacheDataset":
+        """The dataset of already resized uint8 ``pixels`` (N, 3, H, W) and ``labels`` (N,)."""
+        dataset = cls.__new__(cls)
+        dataset.preprocess, dataset.pixels, dataset.labels = preprocess, pixels, labels
+        dataset._mean, dataset._std = preprocess.mean_tensor(), preprocess.std_tensor()
+        return dataset
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return normalized(self.pixels[index], self._mean, self._std), int(self.labels[index])
+
+    def uint8_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 pixels (B, 3, H, W) and labels (B,) of ``indices``, not normalised: the
+        loop normalises them on its device (``normalized``, the same values as items)."""
+        return self.pixels[indices], self.labels[indices]
 
 
 def cached_pixels(

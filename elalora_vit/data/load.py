@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from torch.utils.data import Dataset
 
+from elalora_vit.data.cache import CachedDataset, cached_split
 from elalora_vit.data.datasets import ImageSource, LazyDataset, TensorCacheDataset
 from elalora_vit.data.digits import DIGITS_TASK, digits_source
 from elalora_vit.data.errors import DataError
+from elalora_vit.data.fingerprint import split_fingerprint
 from elalora_vit.data.folder import folder_source
 from elalora_vit.data.tasks import TaskLike, check_split, get_task
 from elalora_vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -58,6 +61,7 @@ def load_task_data(
     interpolation: str = "bicubic",
     cache_train: bool = True,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> TaskData:
     """Training and evaluation datasets of `task`, preprocessed per the VTAB-1k protocol.
 
@@ -68,6 +72,10 @@ def load_task_data(
     resized once and kept in memory as uint8 (`TensorCacheDataset`); the
     evaluation set is always decoded per item (`LazyDataset`), so use
     DataLoader workers for it.
+
+    With `cache_dir`, both splits come from the decoded-image cache there
+    (`data.cache`): decoded and resized once, by whichever process gets there
+    first, then read memory-mapped by every later run (`cache_train` is then moot).
 
     `source` is "folder" (`<data_dir>/<task>/<split>.txt`), "tfds" (prepared
     TFDS data in `tfds_dir`) or "digits" (offline, task "digits", ignores
@@ -83,6 +91,16 @@ def load_task_data(
     if hasattr(eval_images, "check_files"):  # folder images: each one looked at now, not after training
         eval_images.check_files()
     train_images = open_source(resolved, train_split, source, data_dir, tfds_dir)
+    if cache_dir is not None:
+        train_cached, eval_cached = (
+            cached_split(images, preprocess, task=resolved.name, split=split, cache_dir=cache_dir, progress=progress,
+                         fingerprint=split_fingerprint(resolved, split, source, data_dir, tfds_dir))
+            for images, split in ((train_images, train_split), (eval_images, eval_split))
+        )
+        train = CachedDataset(train_cached, preprocess)
+        train = TensorCacheDataset.from_pixels(train.pixels(), torch.from_numpy(train_cached.labels), preprocess)
+        return TaskData(train=train, eval=CachedDataset(eval_cached, preprocess), num_classes=resolved.num_classes,
+                        task=resolved, source=source, train_split=train_split, eval_split=eval_split)
     if cache_train:
         description = f"caching {resolved.name} {train_split}"
         train = TensorCacheDataset(train_images, preprocess, progress=progress, description=description)

@@ -38,7 +38,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..core import ElaLoRAConfig, RankAllocator, orthogonal_regularization
-from ..core.files import atomic_write
+from ..storage.files import atomic_write
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 ALLOCATOR_STATE_FILE = "elalora_allocator.pt"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..core.files import atomic_write
+from ..storage.files import atomic_write
 from ..core.registry import get_method, method_names
 from .grid import base_method
 from .rank_allocation import mean_pattern, ranks_move, task_patterns

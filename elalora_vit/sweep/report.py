@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.files import atomic_write_text
-from ..core.lock import FolderLock
+from ..storage.files import atomic_write_text
+from ..storage.lock import FolderLock
 from .figures import write_figures
 from .markdown import results_markdown
 from .results import collect_results

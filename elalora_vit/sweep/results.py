@@ -9,13 +9,14 @@ tasks present and says how many that is, so partial sweeps read honestly.
 
 from __future__ import annotations
 
+from ..config import ConfigInputError, read_yaml_file
+
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ..data.errors import UnknownTaskError
 from ..data.tasks import GROUPS, get_task, task_names
@@ -274,8 +275,8 @@ def _method_label(result_path: Path, method: str) -> str:
 def _run_config(config_path: Path) -> dict[str, Any]:
     """The run's config.yaml, or {} when it is missing or unreadable."""
     try:
-        config = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError):
+        config = read_yaml_file(config_path)
+    except (OSError, ConfigInputError):
         return {}
     return config if isinstance(config, dict) else {}
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..core.files import atomic_write_json
+from ..storage.files import atomic_write_json
 from ..train import RunInUse, train
 from ..train.loop import run_folder_lock
 from .formatting import one_line

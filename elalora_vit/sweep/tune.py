@@ -27,6 +27,8 @@ other ones under the same output is refused (choose another --output).
 
 from __future__ import annotations
 
+from ..config import read_yaml_file
+
 import dataclasses
 import itertools
 import json
@@ -38,7 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from ..core.config import ConfigError
-from ..core.files import atomic_write_json, atomic_write_text
+from ..storage.files import atomic_write_json, atomic_write_text
 from ..train.config import METHODS, load_config, read_yaml
 from .formatting import markdown_table
 from ..data.tasks import selected_tasks
@@ -276,7 +278,7 @@ def write_choice(plan: TunePlan, choice: Choice, budget: dict[str, Any] | None =
 def read_choice(plan: TunePlan, task: str, method: str) -> dict[str, Any]:
     """The chosen values as written in ``chosen/<task>/<method>.yaml`` (what stage 2 trains with)."""
     path = plan.chosen_dir / task / f"{method}.yaml"
-    content = yaml.safe_load(path.read_text())
+    content = read_yaml_file(path)
     budget = content.get("budget_match") or {}
     return {**content["chosen"], **({"adapter.rank": budget["adapter.rank"]} if "adapter.rank" in budget else {})}
 

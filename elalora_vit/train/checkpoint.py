@@ -9,7 +9,7 @@ import torch
 
 from ..core.config import ConfigError, upgrade_schedule_key
 from ..core.errors import first_line
-from ..core.files import atomic_write
+from ..storage.files import atomic_write
 
 # 2: SVD adapters store lambda as lambda_scale * lora_theta, and lambda's speed-up is no longer
 # an optimizer group's learning rate. A format-1 checkpoint's optimizer and LR-scheduler state
@@ -45,7 +45,7 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` so that ``path`` is always either the old or the new
-    complete checkpoint, never a partial one (see :func:`~elalora_vit.core.files.atomic_write`)."""
+    complete checkpoint, never a partial one (see :func:`~elalora_vit.storage.files.atomic_write`)."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

@@ -24,6 +24,8 @@ from ..core.config import (
     setting,
     upgrade_schedule_key,
 )
+from ..config import ConfigInputError, YamlInputError, read_yaml_file, yaml_error_line
+from ..config import load_yaml as _bounded_yaml
 from ..core.registry import get_method, method_names
 from ..data import SOURCES
 from ..vit import DEFAULT_MODEL
@@ -47,6 +49,8 @@ class DataConfig:
     mean: list[float] | None = None  # None: from the model's pretrained config
     std: list[float] | None = None
     num_workers: int = 2  # evaluation loader workers
+    cache: bool = True  # decode each split once into the image cache, then read it memory-mapped
+    cache_dir: str | None = None  # None: $ELALORA_VIT_CACHE, else ~/.cache/elalora-vit/images
 
 
 @dataclass
@@ -161,6 +165,9 @@ class TrainConfig:
         _allowed("data.source", self.data.source, SOURCES)
         _positive_int("optim.batch_size", self.optim.batch_size)
         _positive_int("optim.epochs", self.optim.epochs)
+        check_value(self.optim.epochs <= MAX_EPOCHS, "optim.epochs", self.optim.epochs, f"at most {MAX_EPOCHS:,}")
+        check_value(self.data.std is None or min(self.data.std) > 0, "data.std", self.data.std,
+                    "3 numbers > 0 (each channel is divided by its std)")
         _positive_int("max_bad_steps", self.max_bad_steps)
         check_value(self.optim.lr > 0, "optim.lr", self.optim.lr, "a number > 0")
         check_value(self.optim.weight_decay >= 0, "optim.weight_decay", self.optim.weight_decay, "a number >= 0")
@@ -176,6 +183,13 @@ class TrainConfig:
         if self.method in ADAPTER_METHODS:
             _check_adapter(self)
         return self
+
+    def check_batch_size(self, train_images: int, processes: int = 1) -> None:
+        """Refuse a batch larger than the training split (per process, ``processes`` of them)."""
+        per_process = math.ceil(train_images / processes)
+        check_value(self.optim.batch_size <= per_process, "optim.batch_size", self.optim.batch_size,
+                    f"at most {per_process}, the training images per process "
+                    f"({train_images} in {self.data.train_split}{f' over {processes} processes' if processes > 1 else ''})")
 
     def core_config(self, total_steps: int, rank: int | None = None, max_rank: int | None = None) -> ElaLoRAConfig:
         """The core's :class:`ElaLoRAConfig` with the schedule resolved for ``total_steps``."""
@@ -228,47 +242,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return TrainConfig.from_dict(values).validate()
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """YAML as PyYAML's safe loader reads it, with numbers as Python (and YAML 1.2)
-    spells them: exponent forms without a dot (``3e-3``, ``1e2``) are floats, where
-    YAML 1.1 reads strings, which surprised everyone who typed ``lr: 3e-3``; and
-    integers are decimal (``epochs: 010`` is 10, ``1_000`` is 1000), where YAML 1.1
-    reads ``010`` as octal 8 and ``1:30`` as 90.  ``0x``/``0o``/``0b`` forms and
-    colons are then strings, which validation reports by key."""
-
-
-_FLOAT = "tag:yaml.org,2002:float"
-_FLOAT_PATTERN = re.compile(
-    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-_INT = "tag:yaml.org,2002:int"
-_INT_PATTERN = re.compile(r"^[-+]?[0-9][0-9_]*$")
-_PATTERNS = {_FLOAT: _FLOAT_PATTERN, _INT: _INT_PATTERN}
-# A copy of the safe loader's resolvers (not shared with it), number patterns replaced in place:
-# the float resolver is tried before the int one, as in PyYAML.
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, _PATTERNS.get(tag, regexp)) for tag, regexp in resolvers]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _decimal_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    text = loader.construct_scalar(node).replace("_", "")
-    # Plain integers are decimal; an explicit ``!!int 0x10`` keeps YAML 1.1's reading.
-    return int(text) if _INT_PATTERN.match(text) else yaml.SafeLoader.construct_yaml_int(loader, node)
-
-
-_YamlLoader.add_constructor(_INT, _decimal_int)
-
-
 def load_yaml(text: str) -> Any:
-    """``text`` parsed as YAML, numbers spelled as Python spells them (``3e-3``) included."""
-    return yaml.load(text, Loader=_YamlLoader)
+    """``text`` parsed by the bounded reader (``elalora_vit.config``), numbers spelled as Python spells them."""
+    return _bounded_yaml(text)
 
 
 def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -278,9 +254,9 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}{_included_by(_chain)}")
     try:
-        values = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        values = read_yaml_file(path) or {}
+    except ConfigInputError as err:
+        raise ConfigError(f"config file {err}{_included_by(_chain)}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, not {type(values).__name__}")
     base = values.pop("base", None)
@@ -315,8 +291,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=3e-3")
     try:
         value = load_yaml(raw) if raw.strip() else None
+    except YamlInputError as err:
+        raise ConfigError(f"override {text!r}: {err.rule}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
+        raise ConfigError(yaml_error_line(err, f"override {text!r}")) from None
     return key.strip(), value
 
 
@@ -529,6 +507,10 @@ def canonical_task(name: str, source: str = "folder") -> str:
 def _allowed(key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"invalid value for '{key}': {value!r}; allowed: {', '.join(allowed)}")
+
+
+MAX_EPOCHS = 100_000
+"""More epochs than any run needs: a bound, so that a typo (``1e30``) is refused, not planned."""
 
 
 def _positive_int(key: str, value: Any) -> None:

@@ -9,6 +9,7 @@ empty, a header that decodes), without decoding or caching the training images.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -45,6 +46,7 @@ def dry_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) 
     spec = resolve_data_config(model, cfg.data)
     check_input_size(model, spec.image_size, cfg.model.name)
     sizes = check_run_splits(task, cfg)
+    cfg.check_batch_size(sizes["train"])
     steps_per_epoch = math.ceil(sizes["train"] / cfg.optim.batch_size)
     total_steps = steps_per_epoch * cfg.optim.epochs
     method = setup_method(model, cfg, total_steps)
@@ -66,11 +68,25 @@ def dry_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) 
 
 
 def check_writable(root: Path) -> None:
-    """The output folder exists and is writable, or can be created."""
-    existing = next((p for p in (root, *root.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingError(f"cannot write the output folder {root} ({existing} is not a writable folder); "
-                            "choose another --output")
+    """Prove the output folder can hold the run: create it (and its missing parents), write a
+    file in it, then remove what this created.  So the dry run fails exactly when the run
+    would (``/proc/...``, a read-only mount, a file in the way), whatever ``os.access`` says."""
+    created = [p for p in (root, *root.parents) if not p.exists()]
+    probe = root / f".elalora-dry-run.{os.getpid()}.tmp"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as err:
+        raise TrainingError(f"cannot write the output folder {root} ({err.strerror or err}); "
+                            "choose another --output") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        for folder in created:  # innermost first: only the folders this call made, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def check_run_splits(task, cfg: TrainConfig) -> dict[str, int]:

@@ -31,8 +31,10 @@ import torch.nn.functional as F
 
 from ..core import orthogonal_regularization
 from ..core.errors import first_line
-from ..core.lock import FolderLock, FolderLocked, LockUnavailable
+from ..storage.lock import FolderLock, FolderLocked, LockUnavailable
 from ..data import DataError, load_task_data, resolve_task
+from ..data.cache import resolve_cache_dir
+from ..data.transforms import device_batch
 from ..vit import check_input_size, create_run_backbone, resolve_data_config
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
@@ -87,7 +89,8 @@ def train(
 @contextlib.contextmanager
 def run_folder_lock(files: RunFiles) -> Iterator[None]:
     """Hold the run folder's lock (``core/lock.py``) for the whole run, so a second process
-    never resumes, overwrites or deletes it.  Taken by the main process of a distributed run
+    never resumes, overwrites or deletes it; a folder it created for a run that then wrote
+    nothing is removed again.  Taken by the main process of a distributed run
     only: its other processes work under the main one's lock.
 
     Raises:
@@ -96,6 +99,7 @@ def run_folder_lock(files: RunFiles) -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
+    existed = files.root.exists()
     try:
         lock = FolderLock(files.root, "training").acquire()
     except FolderLocked as err:
@@ -105,6 +109,8 @@ def run_folder_lock(files: RunFiles) -> Iterator[None]:
     try:
         yield
     finally:
+        if not existed:  # a run stopped before it wrote anything leaves no folder behind
+            lock.remove_folder_if_empty()
         lock.release()
 
 
@@ -119,6 +125,7 @@ def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int |
     # ---- backbone, data, method, optimizer, schedule
     model, data = _build_model_and_data(cfg, accelerator)
     protocol = run_protocol(cfg, model, data.task)  # before the method patches the model
+    cfg.check_batch_size(len(data.train), accelerator.num_processes)
     steps_per_epoch = math.ceil(len(data.train) / (cfg.optim.batch_size * accelerator.num_processes))
     state = _set_up_run(cfg, model, steps_per_epoch, accelerator, started)
 
@@ -234,6 +241,7 @@ def _build_model_and_data(cfg: TrainConfig, accelerator):
         mean=spec.mean,
         std=spec.std,
         progress=cfg.progress and accelerator.is_main_process,
+        cache_dir=resolve_cache_dir(cfg.data.cache, cfg.data.cache_dir),
     )
     return model, data
 
@@ -280,8 +288,7 @@ def _train_batches(dataset, cfg: TrainConfig, epoch: int, accelerator):
         order = torch.cat([order, order[: steps * per_step - len(order)]])
     for s in range(steps):
         chunk = order[s * per_step : (s + 1) * per_step][rank::world]
-        items = [dataset[i] for i in chunk.tolist()]
-        yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+        yield device_batch(dataset, chunk, accelerator.device)
 
 
 

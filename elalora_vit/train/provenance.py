@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..core import backbone_fingerprint
-from ..core.files import atomic_write
+from ..storage.files import atomic_write
 from .config import TrainConfig
 
 TRAINED_FORMAT = "elalora-vit/trained/1"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..core import ElaLoRAConfig
-from ..core.files import atomic_write
+from ..storage.files import atomic_write
 from ..core.score_summary import adapter_kind
 from ..vit import block_index_and_kind
 from .heatmap import KIND_ORDER

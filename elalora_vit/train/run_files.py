@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..storage.lock import LOCK_NAME
+
 
 @dataclass
 class RunFiles:
@@ -25,6 +27,7 @@ class RunFiles:
     adapter: Path = field(init=False)  # the trained adapters and head (adapter methods)
     weights: Path = field(init=False)  # the trained parameters (full fine-tuning, linear probing)
     checkpoint: Path = field(init=False)  # written after every epoch; a resumed run continues from it
+    lock: Path = field(init=False)  # the folder lock's file (storage/lock.py): who holds the run
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -38,3 +41,4 @@ class RunFiles:
         self.adapter = self.root / "adapter.safetensors"
         self.weights = self.root / "trained.safetensors"
         self.checkpoint = self.root / "checkpoint.pt"
+        self.lock = self.root / LOCK_NAME

@@ -15,6 +15,8 @@ from being overwritten by accident.
 
 from __future__ import annotations
 
+from ..config import ConfigInputError, read_yaml_file
+
 import logging
 from typing import Any
 
@@ -30,7 +32,7 @@ NOTHING_TO_RESUME = "nothing to resume"  # --resume without a checkpoint: a fres
 
 # Settings that change nothing in what a run computes: a finished run is returned
 # again when only these differ.
-COSMETIC_KEYS = ("progress", "output_dir", "data.num_workers")
+COSMETIC_KEYS = ("progress", "output_dir", "data.num_workers", "data.cache", "data.cache_dir")
 
 
 def run_folder_action(files: RunFiles, config: dict[str, Any], *, resume: bool, overwrite: bool) -> str:
@@ -88,8 +90,8 @@ def describe_unfinished(files: RunFiles) -> str:
 def check_finished_settings(files: RunFiles, config: dict[str, Any]) -> None:
     """Refuse ``--resume`` of a finished run with settings other than its own."""
     try:
-        saved = yaml.safe_load(files.config.read_text())
-    except (OSError, yaml.YAMLError):
+        saved = read_yaml_file(files.config)
+    except (OSError, ConfigInputError):
         return  # nothing to compare with; the saved result is all there is
     changed = setting_differences(saved if isinstance(saved, dict) else {}, config)
     if changed:

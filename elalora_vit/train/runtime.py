@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..data.datasets import loader_workers
+from ..data.transforms import device_batch
 from .config import TrainConfig
 from .errors import TrainingError
 
@@ -66,16 +67,9 @@ def evaluate(model, dataset, cfg: TrainConfig, accelerator) -> float:
     """Top-1 accuracy (%) on ``dataset``, each process scoring its share."""
     model.eval()
     world, rank = accelerator.num_processes, accelerator.process_index
-    share = Subset(dataset, list(range(rank, len(dataset), world)))
-    loader = DataLoader(
-        share,
-        batch_size=max(64, cfg.optim.batch_size),
-        **loader_workers(dataset, cfg.data.num_workers),
-        persistent_workers=False,
-    )
+    batch_size = max(64, cfg.optim.batch_size)
     counts = torch.zeros(2, device=accelerator.device)
-    for x, y in loader:
-        x, y = x.to(accelerator.device), y.to(accelerator.device)
+    for x, y in _eval_batches(dataset, rank, world, batch_size, cfg.data.num_workers, accelerator.device):
         with accelerator.autocast():
             logits = model(x)
         counts[0] += (logits.argmax(dim=-1) == y).sum()
@@ -83,6 +77,22 @@ def evaluate(model, dataset, cfg: TrainConfig, accelerator) -> float:
     counts = accelerator.reduce(counts, reduction="sum")
     model.train()
     return round(100.0 * float(counts[0]) / max(float(counts[1]), 1.0), 4)
+
+
+def _eval_batches(dataset, rank: int, world: int, batch_size: int, workers: int, device):
+    """This process's share of ``dataset`` in batches on ``device``: contiguous slices read and
+    normalised on the device for a cached dataset (no decoding, no per-item work), a DataLoader
+    with ``workers`` decoding processes otherwise."""
+    if hasattr(dataset, "uint8_batch"):
+        share = len(dataset) // world + (rank < len(dataset) % world)
+        start = rank * (len(dataset) // world) + min(rank, len(dataset) % world)  # a contiguous block
+        for first in range(start, start + share, batch_size):
+            yield device_batch(dataset, torch.arange(first, min(first + batch_size, start + share)), device)
+        return
+    share = Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(share, batch_size=batch_size, **loader_workers(dataset, workers), persistent_workers=False)
+    for x, y in loader:
+        yield x.to(device), y.to(device)
 
 
 def progress_bar(cfg: TrainConfig, accelerator, total: int, initial: int):

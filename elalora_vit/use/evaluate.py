@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.files import atomic_write_json
+from ..storage.files import atomic_write_json
 from ..data import load_task_data
+from ..data.cache import resolve_cache_dir
 from ..data.datasets import loader_workers
 from .rebuild import RunModel, load_run
 
@@ -75,6 +76,7 @@ def split_dataset(run: RunModel, split: str, *, source=None, data_dir=None, tfds
         std=run.std,
         cache_train=False,
         progress=False,
+        cache_dir=resolve_cache_dir(cfg.data.cache, cfg.data.cache_dir),
     )
     return data.eval
 

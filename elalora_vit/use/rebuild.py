@@ -11,13 +11,14 @@ an error naming both fingerprints, never a silently wrong model.
 
 from __future__ import annotations
 
+from ..config import ConfigInputError, read_yaml_file
+
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
@@ -113,8 +114,10 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run folder: it has no {path.name} (written when training starts)")
     try:
-        return TrainConfig.from_dict(yaml.safe_load(path.read_text()) or {})
-    except (yaml.YAMLError, ValueError, TypeError) as err:
+        return TrainConfig.from_dict(read_yaml_file(path) or {})
+    except ConfigInputError as err:
+        raise RunError(f"cannot read {err}") from None
+    except (ValueError, TypeError) as err:
         raise RunError(f"cannot read {path}: {err}") from err
 
 

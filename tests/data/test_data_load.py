@@ -1,4 +1,5 @@
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,8 +109,20 @@ def test_data_package_imports_no_model_or_core_code():
                 imported.add(node.module)
     assert not {name for name in imported if name.split(".")[0] == "timm"}
     assert not {name for name in imported if name.startswith(("elalora_vit.core", "elalora_vit.train"))}
+    # Besides itself, only the standard-library-only storage package (atomic files, the folder lock).
     assert {name for name in imported if name.startswith("elalora_vit.")} <= {
-        f"elalora_vit.data.{path.stem}" for path in package_dir.glob("*.py")}
+        f"elalora_vit.data.{path.stem}" for path in package_dir.glob("*.py")} | {
+        "elalora_vit.storage.files", "elalora_vit.storage.lock"}
+
+
+def test_storage_package_imports_only_the_standard_library():
+    storage = Path(data_package.__file__).parents[1] / "storage"
+    for path in storage.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            for name in names:
+                assert name.split(".")[0] in sys.stdlib_module_names or name == "__future__", (path.name, name)
 
 
 def test_public_api_is_exported():

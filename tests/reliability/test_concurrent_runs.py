@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from elalora_vit.cli import main
-from elalora_vit.core.lock import LOCK_NAME, FolderLock
+from elalora_vit.storage.lock import LOCK_NAME, FolderLock
 from elalora_vit.sweep import plan_sweep, run_sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -65,7 +65,7 @@ def test_train_on_a_folder_in_use_stops_and_leaves_it_untouched(tmp_path, data_r
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
     before = {p: p.read_bytes() for p in run.iterdir()}
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom elalora_vit.core.lock import LOCK_NAME, FolderLock\n"
+        "import sys, time\nfrom elalora_vit.storage.lock import LOCK_NAME, FolderLock\n"
         "lock = FolderLock(sys.argv[1], 'training').acquire()\nprint('held', flush=True)\ntime.sleep(60)"), str(run)],
         stdout=subprocess.PIPE, text=True)
     try:

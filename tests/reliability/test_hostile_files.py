@@ -20,6 +20,7 @@ import torch
 from elalora_vit import cli
 from elalora_vit.core import ConfigError
 from elalora_vit.data import DataError
+from elalora_vit.storage.lock import LOCK_NAME
 from elalora_vit.train import CheckpointError, load_checkpoint, load_config, train
 from elalora_vit.train.checkpoint import FORMAT
 from tests.train.conftest import TASK, tiny_overrides
@@ -36,11 +37,12 @@ class Payload:
 
 
 def snapshot(folder: Path) -> dict:
-    """Every file under ``folder``: its bytes and modification time."""
+    """Every file under ``folder``: its bytes and modification time (but the folder lock's file,
+    which says who last held the folder: every run attempt takes the lock)."""
     return {
         str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_NAME
     }
 
 
@@ -151,17 +153,17 @@ def test_yaml_with_python_tags_is_refused_without_running_it(tmp_path, capsys):
     marker = tmp_path / "code-ran"
     config = tmp_path / "evil.yaml"
     config.write_text(f"optim:\n  lr: {YAML_PAYLOAD.format(marker=marker)}\n")
-    with pytest.raises(ConfigError, match=f"config file {config} is not valid YAML"):
+    with pytest.raises(ConfigError, match=f"config file {config}, line 2: not valid YAML"):
         load_config(config)
     base = tmp_path / "child.yaml"  # also when the tag hides in a base file
     base.write_text("base: evil.yaml\n")
-    with pytest.raises(ConfigError, match="evil.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"evil.yaml, line 2: not valid YAML"):
         load_config(base)
     # and on the command line, in a --set value or a --config file: a one-line error, exit code 2
     assert cli.main(["train", "--set", f"optim.lr={YAML_PAYLOAD.format(marker=marker)}"]) == 2
     assert "optim.lr=!!python/object/apply:os.mkdir" in capsys.readouterr().err
     assert cli.main(["train", "--config", str(config), "--output", str(tmp_path / "run")]) == 2
-    assert f"config file {config} is not valid YAML" in capsys.readouterr().err
+    assert f"config file {config}, line 2: not valid YAML" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 
@@ -207,15 +209,27 @@ def test_bad_evaluation_image_stops_the_run_before_training(content, message, ta
     assert not out.exists()
 
 
+def test_evaluation_image_corrupt_past_its_header_stops_the_cached_run_before_training(task_root, tmp_path):
+    """With the image cache (the default) every evaluation image is decoded when the cache is
+    built, so one whose header reads but whose pixels do not stops the run before training."""
+    root, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(task_root / TASK, root / TASK)
+    image = root / TASK / "images" / "test" / "000003.png"
+    image.write_bytes(image.read_bytes()[:60])  # the PNG header and part of the pixels
+    with pytest.raises(DataError, match=r"000003\.png"):
+        train(load_config(None, tiny_overrides(root, out)))
+    assert not out.exists()
+
+
 def test_evaluation_image_corrupt_past_its_header_stops_at_evaluation_and_resume_finishes_it(task_root, tmp_path):
-    """An image whose header reads but whose pixels do not is found at evaluation: the error
-    says training is saved and --resume evaluates again once the image is fixed."""
+    """Without the cache, an image whose header reads but whose pixels do not is found at
+    evaluation: the error says training is saved and --resume evaluates again once it is fixed."""
     root, out = tmp_path / "data", tmp_path / "run"
     shutil.copytree(task_root / TASK, root / TASK)
     image = root / TASK / "images" / "test" / "000003.png"
     good = image.read_bytes()
     image.write_bytes(good[:60])  # the PNG header and part of the pixels
-    cfg = tiny_overrides(root, out)
+    cfg = tiny_overrides(root, out, **{"data.cache": False})
     with pytest.raises(DataError, match=r"000003\.png.*Training finished and is saved .*epoch 3.*--resume"):
         train(load_config(None, cfg))
     assert not (out / "result.json").exists() and load_checkpoint(out / "checkpoint.pt")["epoch"] == 3

@@ -64,3 +64,19 @@ def test_sweep_dry_run_checks_every_task(tmp_path, capsys):
     assert "prepare-vtab" in text
     assert cli.main(["vtab-sweep", "--tasks", "dtd", *common]) == 0
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("where", ["/proc/elalora-run", "file/run"])
+def test_train_dry_run_fails_exactly_when_the_run_cannot_create_its_folder(where, folder_root, tmp_path, capsys):
+    (tmp_path / "file").write_text("a file where a folder must go")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    args = cli_train_args(tiny_overrides(folder_root, out))
+    assert cli.main([*args, "--dry-run"]) != 0
+    assert f"cannot write the output folder {out}" in capsys.readouterr().err
+    assert cli.main(args) != 0  # the real run fails on the folder too
+
+
+def test_train_dry_run_removes_the_folders_it_created_to_prove_them(folder_root, tmp_path):
+    out = tmp_path / "new" / "nested" / "run"
+    dry_run(load_config(None, tiny_overrides(folder_root, out)))
+    assert list(tmp_path.iterdir()) == []

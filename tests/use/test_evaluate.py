@@ -66,7 +66,7 @@ def test_inspect_adapter_tells_the_method_and_reads_trained_weights(finished_run
 
 
 def test_each_method_writes_the_files_train_help_lists(finished_runs, capsys):
-    common = {"config.yaml", "metrics.jsonl", "result.json", "checkpoint.pt"}
+    common = {"config.yaml", "metrics.jsonl", "result.json", "checkpoint.pt", ".elalora.lock"}
     adapter = common | {"adapter.safetensors", "rank_history.json", "rank_heatmap.png"}
     ranked = adapter | {"rank_evolution.png", "importance_scores.png"}  # ranks that move are drawn moving
     expected = {"elalora": ranked, "adalora": ranked, "lora": adapter}

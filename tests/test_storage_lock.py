@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from elalora_vit.core.lock import LOCK_NAME, FolderLock, FolderLocked, LockUnavailable
+from elalora_vit.storage.lock import LOCK_NAME, FolderLock, FolderLocked, LockUnavailable
 
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from elalora_vit.core.lock import FolderLock
+    from elalora_vit.storage.lock import FolderLock
     lock = FolderLock(sys.argv[1], "holding it for a test").acquire()
     print("held", flush=True)
     time.sleep(60)
@@ -32,7 +32,7 @@ def _holder_process(folder):
 TRY = textwrap.dedent(
     """
     import sys
-    from elalora_vit.core.lock import FolderLock, FolderLocked
+    from elalora_vit.storage.lock import FolderLock, FolderLocked
     try:
         FolderLock(sys.argv[1]).acquire()
     except FolderLocked as err:

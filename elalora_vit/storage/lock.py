@@ -119,6 +119,9 @@ class FolderLock:
         except OSError as err:
             os.close(fd)
             raise LockUnavailable(f"cannot lock {self.folder} ({self.path.name}): {err.strerror or err}") from err
+        if not _still_the_file(fd, self.path):  # its holder removed it (remove_folder_if_empty) meanwhile
+            os.close(fd)
+            return False
         self._took(fd)
         return True
 
@@ -168,6 +171,21 @@ class FolderLock:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
+    def remove_folder_if_empty(self) -> bool:
+        """While holding the lock, delete the lock file and the folder when nothing else is in
+        it (a run that stopped before writing anything leaves no folder behind); True if removed.
+        Safe against waiting processes: one that locks the removed file sees it is gone and retries."""
+        if not self._holding or _HELD[self._key][1] > 1:
+            return False
+        try:
+            if any(p.name != LOCK_NAME for p in self.folder.iterdir()):
+                return False
+            self.path.unlink()
+            self.folder.rmdir()
+        except OSError:
+            return False
+        return True
+
     def __enter__(self) -> "FolderLock":
         return self.acquire()
 
@@ -179,6 +197,13 @@ class FolderLock:
             self.release()
         except Exception:
             pass
+
+
+def _still_the_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:  # pragma: no cover - Windows only
