@@ -41,6 +41,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "eval_every": args.eval_every,
     }
+    if args.compile:
+        flags["compile"] = True
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.no_pretrained:
         overrides["model.pretrained"] = False
@@ -117,8 +119,12 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", help="training epochs (default 100)")
     p.add_argument("--batch-size", help="batch size per process and step (default 64); with N processes a step sees N x this")
     p.add_argument("--lr", help="peak learning rate (default 1e-3)")
-    p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16, or fp16 (CUDA, with a GradScaler)")
+    p.add_argument("--precision", choices=PRECISIONS, help="auto (default: bf16 on a CUDA GPU that has it, fp32 elsewhere), fp32, bf16, "
+                   "or fp16 (CUDA, with a GradScaler)")
     p.add_argument("--seed", help="random seed (default 0)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model: faster steps on a GPU after a first compiled step; adapter "
+                        "shapes never change, so rank changes do not recompile (config key: compile)")
     p.add_argument("--eval-every", metavar="N", help="also evaluate every N epochs (default: at the end only)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in the output folder from its checkpoint.pt; with no checkpoint there, "

@@ -293,7 +293,22 @@ class SVDLinear(AdaptedLinear):
         self.lora_theta[index] = torch.as_tensor(values).to(self.lora_theta) / self.lambda_scale
 
     def slot_scale(self) -> Tensor:
-        return self.lora_theta * self.lambda_scale * self.rank_mask * self.scaling
+        if torch.compiler.is_compiling():  # the compiler fuses the product: nothing to cache
+            return self.lora_theta * self.lambda_scale * self.rank_mask * self.scaling
+        # theta * (s * mask) is bit for bit (theta * s) * mask: mask is 0 or 1.
+        return self.lora_theta * self.slot_factor() * self.scaling
+
+    def slot_factor(self) -> Tensor:
+        """``lambda_scale * rank_mask``, shape (n, R): the constant part of the slot scale,
+        recomputed only when the mask or ``lambda_scale`` changed (a round, a load: torch counts
+        every in-place write in a tensor's version), so a step skips the mask's conversion."""
+        key = (id(self.rank_mask), self.rank_mask._version, id(self.lambda_scale), self.lambda_scale._version,
+               self.lora_theta.dtype, self.lora_theta.device)
+        if getattr(self, "_slot_factor_key", None) != key:
+            with torch.no_grad():
+                self._slot_factor = self.lambda_scale * self.rank_mask.to(self.lora_theta.dtype)
+            self._slot_factor_key = key
+        return self._slot_factor
 
     # State-dict format 2: ``lora_theta`` and ``lambda_scale`` replace format 1's ``lora_E`` (= lambda).
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):

@@ -32,12 +32,7 @@ def orthogonal_regularization(model_or_layers: nn.Module | Iterable[SVDLinear]) 
         # batched: a handful of kernels per shape instead of a dozen per layer.
         Q = _cat([layer.lora_A for layer in group])  # (m, R, d_in)
         P = _cat([layer.lora_B for layer in group])  # (m, d_part, R)
-        mask = _cat([layer.rank_mask for layer in group]).to(Q.dtype)  # (m, R)
-        # Masking the R x R Gram matrix equals zeroing inactive rows of Q and
-        # columns of P first (entry ij is multiplied by mask_i * mask_j), for a
-        # fraction of the memory traffic; inactive slots still get no gradient.
-        both_active = mask.unsqueeze(2) * mask.unsqueeze(1)
-        eye = torch.diag_embed(mask)  # identity on the active slots only
+        both_active, eye = _group_masks(group, Q.dtype)
         norms.append(torch.linalg.matrix_norm(_Gram.apply(Q) * both_active - eye))  # Q Q^T
         norms.append(torch.linalg.matrix_norm(_Gram.apply(P.mT) * both_active - eye))  # P^T P
     # One norm per matrix, 2 per adapter; an excluded part (no active slot) has norms 0 and is
@@ -61,6 +56,31 @@ class _Gram(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         grad = grad.to(x.dtype)  # under autocast the forward matmul ran in half precision
         return (grad + grad.mT) @ x
+
+
+def _group_masks(group: list[SVDLinear], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(both_active, eye)`` of a group, shapes (m, R, R).
+
+    Masking the R x R Gram matrix equals zeroing inactive rows of Q and columns of P first
+    (entry ij is multiplied by mask_i * mask_j), for a fraction of the memory traffic;
+    inactive slots still get no gradient.  ``eye`` is the identity on the active slots only.
+    The masks change only in a round: they are kept on the group's first layer, keyed by the
+    group's masks and the version torch counts for every in-place write to them (no host
+    read; a few launches fewer per step).
+    """
+    def build() -> tuple[Tensor, Tensor]:
+        mask = _cat([layer.rank_mask for layer in group]).to(dtype)  # (m, R)
+        return mask.unsqueeze(2) * mask.unsqueeze(1), torch.diag_embed(mask)
+
+    if torch.compiler.is_compiling():
+        return build()
+    key = (tuple((id(layer.rank_mask), layer.rank_mask._version) for layer in group), dtype)
+    cached = getattr(group[0], "_orth_masks", None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, *build())
+        group[0]._orth_masks = cached
+    return cached[1], cached[2]
 
 
 def _same_shape_groups(layers: list[SVDLinear]) -> list[list[SVDLinear]]:

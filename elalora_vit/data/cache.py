@@ -34,6 +34,7 @@ import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -161,14 +162,17 @@ class CachedDataset(Dataset):
         return normalized(pixels, self._mean, self._std), int(self.split.labels[index])
 
     def uint8_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The uint8 pixels (B, 3, H, W) and labels (B,) of ``indices`` (a contiguous run is
-        one memory-mapped slice), not normalised: the loop normalises them on its device."""
+        """The uint8 pixels (B, 3, H, W) and labels (B,) of ``indices``, not normalised: the loop
+        normalises them on its device.  A contiguous run of indices is a read-only view of the
+        memory map (no copy): do not write to it."""
         index = indices.numpy()
         if len(index) and (index[-1] - index[0] == len(index) - 1) and bool((index[1:] > index[:-1]).all()):
-            pixels = np.array(self.split.pixels[index[0] : index[-1] + 1])
+            with warnings.catch_warnings():  # a view of the read-only map: normalising copies it anyway
+                warnings.simplefilter("ignore", UserWarning)
+                pixels = torch.from_numpy(self.split.pixels[index[0] : index[-1] + 1])
         else:
-            pixels = self.split.pixels[index]
-        return torch.from_numpy(pixels), torch.from_numpy(self.split.labels[index])
+            pixels = torch.from_numpy(self.split.pixels[index])
+        return pixels, torch.from_numpy(self.split.labels[index])
 
     def pixels(self) -> torch.Tensor:
         """Every image's uint8 pixels (N, 3, H, W), read into memory."""

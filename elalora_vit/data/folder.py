@@ -130,13 +130,24 @@ def read_split_list(root: str | Path, task: TaskLike, split: str) -> list[ImageE
 
 
 def list_lines(list_path: Path) -> list[str]:
-    """The lines of a list file, as text."""
+    """The lines of a list file, as text: UTF-8, a leading byte-order mark (as Windows editors
+    write) dropped; a byte that is not UTF-8 or a NUL byte is an error naming its line."""
     try:
-        return list_path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"list file {list_path} is not UTF-8 text ({err}).") from err
+        data = list_path.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read list file {list_path}: {err}.") from err
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{list_path}, line {line}: byte 0x{data[err.start]:02x} is not UTF-8; "
+                        "list files are UTF-8 text.") from None
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if "\x00" in line:
+            raise DataError(f"{list_path}, line {number}: holds a NUL byte; list files are text, "
+                            "one '<relative image path> <integer label>' a line.")
+    return lines
 
 
 def parse_list_line(

@@ -32,7 +32,8 @@ from ..vit import DEFAULT_MODEL
 from .tracking import TRACKERS
 
 METHODS = method_names()  # the registry's, in registration order
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""``auto``: bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere (``runtime.resolve_precision``)."""
 LR_SCHEDULES = ("cosine", "linear", "constant")
 ADAPTER_METHODS = tuple(m for m in METHODS if get_method(m).saves_adapters)
 
@@ -130,13 +131,14 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     method: str = "elalora"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 on a CUDA GPU with bf16, fp32 elsewhere | fp32 | bf16 | fp16
     seed: int = 0
     output_dir: str = "runs/{task}/{method}/seed{seed}"
     eval_every: int = 0  # epochs between evaluations; 0 evaluates at the end only
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     progress: bool = True
     log_to: str = "none"  # none | tensorboard | wandb: also log scalars, ranks and figures there
+    compile: bool = False  # torch.compile the model (shapes never change: traced once, rounds and all)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -183,13 +185,6 @@ class TrainConfig:
         if self.method in ADAPTER_METHODS:
             _check_adapter(self)
         return self
-
-    def check_batch_size(self, train_images: int, processes: int = 1) -> None:
-        """Refuse a batch larger than the training split (per process, ``processes`` of them)."""
-        per_process = math.ceil(train_images / processes)
-        check_value(self.optim.batch_size <= per_process, "optim.batch_size", self.optim.batch_size,
-                    f"at most {per_process}, the training images per process "
-                    f"({train_images} in {self.data.train_split}{f' over {processes} processes' if processes > 1 else ''})")
 
     def core_config(self, total_steps: int, rank: int | None = None, max_rank: int | None = None) -> ElaLoRAConfig:
         """The core's :class:`ElaLoRAConfig` with the schedule resolved for ``total_steps``."""

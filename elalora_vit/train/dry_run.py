@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 from pathlib import Path
+
 from ..core.schedule import adjustment_steps, ranks_to_move
 from ..data import resolve_task
 from ..data.load import open_source
@@ -22,6 +23,7 @@ from .errors import TrainingError
 from .methods import setup_method, total_rank, trainable_parameter_count
 from .run_files import RunFiles
 from .run_folder import FINISHED, NOTHING_TO_RESUME, OVERWRITE, RESUME, run_folder_action
+from .runtime import resolve_precision
 
 FOLDER_PLANS = {
     FINISHED: "a finished run with these settings: --resume gives its result back",
@@ -46,7 +48,6 @@ def dry_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) 
     spec = resolve_data_config(model, cfg.data)
     check_input_size(model, spec.image_size, cfg.model.name)
     sizes = check_run_splits(task, cfg)
-    cfg.check_batch_size(sizes["train"])
     steps_per_epoch = math.ceil(sizes["train"] / cfg.optim.batch_size)
     total_steps = steps_per_epoch * cfg.optim.epochs
     method = setup_method(model, cfg, total_steps)
@@ -141,5 +142,5 @@ def activation_bytes(model, cfg: TrainConfig, image_size: int) -> float:
     tokens = (image_size // patch) ** 2 + 1
     heads = getattr(blocks[0].attn, "num_heads", 1)
     per_layer = tokens * cfg.optim.batch_size * model.embed_dim * (34 + 5 * heads * tokens / model.embed_dim)
-    scale = 2.0 if cfg.precision == "fp32" else 1.0  # the formula counts 16-bit activations
+    scale = 2.0 if resolve_precision(cfg.precision) == "fp32" else 1.0  # the formula counts 16-bit activations
     return len(blocks) * per_layer * scale

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..storage.files import atomic_write_json
 from ..data import load_task_data
 from ..data.cache import resolve_cache_dir
 from ..data.datasets import loader_workers
+from ..train.runtime import resolve_precision
+from ..storage.files import atomic_write_json
 from .rebuild import RunModel, load_run
 
 
@@ -103,7 +104,8 @@ def run_predictions(run: RunModel, dataset: Dataset, *, num_workers: int | None 
 
 
 def _autocast(precision: str, device: torch.device):
-    # Score in the precision the run trained and evaluated in.
+    # Score in the precision the run trained and evaluated in (auto: as this machine runs it).
+    precision = resolve_precision(precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

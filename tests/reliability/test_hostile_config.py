@@ -86,3 +86,22 @@ def test_alias_bomb_in_a_run_folder_config_is_refused_by_evaluate(tmp_path, caps
 def test_ordinary_yaml_still_reads():
     assert load_yaml("a: &x {b: 1}\nc: *x\nd: [1, 2, 3e-3, 010]\n<<: {e: 5}\n") == {
         "a": {"b": 1}, "c": {"b": 1}, "d": [1, 2, 0.003, 10], "e": 5}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xef\xbb\xbfimages/test/000000.png 0\n", None),  # a BOM (Windows editors) is dropped, line 1 reads
+    (b"images/test/000000.png 0\nimages/test/\x00.png 1\n", r"test\.txt, line 2: holds a NUL byte"),
+    (b"images/test/000000.png 0\nimages/test/\xff.png 1\n", r"test\.txt, line 2: byte 0xff is not UTF-8"),
+])
+def test_hostile_list_file_names_the_file_and_line(content, message, tmp_path):
+    from elalora_vit.data import DataError, get_task
+    from elalora_vit.data.folder import read_split_list
+    from tests.data.conftest import build_task_folder
+
+    build_task_folder(tmp_path)
+    (tmp_path / "eurosat" / "test.txt").write_bytes(content)
+    if message is None:
+        assert [e.label for e in read_split_list(tmp_path, get_task("eurosat"), "test")] == [0]
+    else:
+        with pytest.raises(DataError, match=message):
+            read_split_list(tmp_path, get_task("eurosat"), "test")

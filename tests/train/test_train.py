@@ -127,6 +127,20 @@ def test_precision_setting_decides_the_dtype_of_the_activations(precision, dtype
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # adapters train in fp32
 
 
+def test_precision_auto_is_the_default_fp32_on_cpu_and_bf16_on_a_bf16_gpu(folder_root, tmp_path, monkeypatch):
+    from elalora_vit.train.runtime import resolve_precision
+
+    assert load_config(None, {}).precision == "auto"
+    assert resolve_precision("auto") == "fp32" and resolve_precision("fp16") == "fp16"
+    overrides = tiny_overrides(folder_root, tmp_path / "auto", **{"optim.epochs": 1})
+    assert _linear_output_dtypes(load_config(None, overrides))[0] == {torch.float32}  # auto on CPU: fp32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto") == "fp32"  # an older GPU: fp32 (with TF32 matmuls)
+
+
 def test_unknown_task_lists_valid_ones(folder_root, tmp_path):
     with pytest.raises(UnknownTaskError, match="dtd"):
         train(load_config(None, tiny_overrides(folder_root, tmp_path / "x", **{"data.task": "imagenet"})))

@@ -1,0 +1,134 @@
+"""Dispatched ops and host syncs per training step: what a GPU pays per step beyond its
+arithmetic (issue 25).
+
+    python benchmarks/dispatch.py            # seconds
+
+Ops: every aten op dispatched during one training step (forward, loss, regulariser,
+backward, optimizer step, the variant's allocator step), counted with a
+``TorchDispatchMode`` on a 4-block tiny ViT (``vit_tiny_patch16_224`` at 32 px, patch 8),
+rank 8 on q, k, v, proj, fc1, fc2 (PEFT: the fused qkv), batch 8, after a warm-up step.
+
+Host syncs: calls that read a tensor's value on the host (``Tensor.item``, ``__bool__``,
+``__float__``, ``__int__``, ``tolist``, ``.cpu()``, ``.numpy()``) during one step of
+``elalora-vit train``'s own step function (``train/loop.py: _train_step``) on that
+model, ElaLoRA with its allocator and the regulariser, counted by wrapping those methods.
+Each one stalls the CPU until the GPU has drained its queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _bench as B  # noqa: E402
+
+VARIANTS = ["lora", "elalora-noalloc", "elalora", "elalora+orth", "peft-lora", "peft-adalora"]
+MODEL = dict(model_name="vit_tiny_patch16_224", img_size=32)
+HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _tiny_vit(variant_kind: str, rank: int) -> B.Variant:
+    import timm
+
+    original = B.make_vit
+
+    def make(model_name, img_size, seed=0, device="cpu"):
+        torch.manual_seed(seed)
+        return timm.create_model(model_name, pretrained=False, img_size=img_size, patch_size=8, depth=4,
+                                 num_classes=B.NUM_CLASSES).to(device)
+
+    B.make_vit = make
+    try:
+        return B.build_variant(variant_kind, MODEL["model_name"], MODEL["img_size"], rank)
+    finally:
+        B.make_vit = original
+
+
+def ops_per_step(kind: str, rank: int) -> int:
+    variant = _tiny_vit(kind, rank)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, B.NUM_CLASSES, (8,))
+    variant.train_step(x, y)  # warm-up: optimizer state exists
+    with _CountOps() as counter:
+        variant.train_step(x, y)
+    return sum(counter.ops.values())
+
+
+def host_syncs_per_train_step() -> dict[str, int]:
+    """Host reads during one ``_train_step`` of the training loop (ElaLoRA, tiny ViT, CPU)."""
+    from tests.train.conftest import tiny_overrides, write_folder_task  # a tiny task folder
+    import tempfile
+
+    from elalora_vit.train import load_config
+    from elalora_vit.train import loop as L
+    from elalora_vit.train.runtime import create_accelerator
+
+    work = Path(tempfile.mkdtemp(prefix="elalora-dispatch-"))
+    root = write_folder_task(work / "vtab")
+    cfg = load_config(None, tiny_overrides(root, work / "run", **{"optim.epochs": 2}))
+    accelerator = create_accelerator(cfg.precision)
+    model, data = L._build_model_and_data(cfg, accelerator)
+    state = L._set_up_run(cfg, model, 5, accelerator, 0.0)
+    state.current_rank = 0
+    batches = L._train_batches(data.train, cfg, 0, accelerator)
+    x, y = next(batches)
+    L._train_step(state, cfg, x, y, accelerator)  # warm-up
+    counts: Counter = Counter()
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def wrap(name):
+        original = saved[name]
+
+        def counted(self, *args, **kwargs):
+            counts[name] += 1
+            return original(self, *args, **kwargs)
+        return counted
+
+    x, y = next(batches)
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, wrap(name))
+        L._train_step(state, cfg, x, y, accelerator)
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)
+    return dict(counts)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    ops = {kind: ops_per_step(kind, args.rank) for kind in VARIANTS}
+    print(f"aten ops per training step (4-block ViT at 32 px, rank {args.rank}, batch 8):")
+    for kind, n in ops.items():
+        print(f"  {kind:<16} {n:6d}   x LoRA {n / ops['lora']:.2f}")
+    syncs = host_syncs_per_train_step()
+    print(f"host reads in one `elalora-vit train` step (ElaLoRA + regulariser + allocator): {sum(syncs.values())} "
+          f"{dict(sorted(syncs.items()))}")
+    result = {"ops_per_step": ops, "x_lora": {k: round(v / ops["lora"], 3) for k, v in ops.items()},
+              "host_reads_per_train_step": syncs, "machine": B.machine_info("cpu")}
+    B.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
