@@ -30,17 +30,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 
     The temporary name keeps ``path``'s suffix (matplotlib and safetensors choose the
     format from it) and holds the process id, so concurrent writers never collide.
+    A file system error (a full disk, a read-only folder) is raised as the same kind of
+    ``OSError`` naming ``path``; the file that was there before is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         _fsync_file(tmp)
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(err, OSError) and err.errno is not None and str(path) not in str(err):
+            raise type(err)(err.errno, f"cannot write {path}: {err.strerror}; files written before are "
+                                       "intact") from err
         raise
     _fsync_dir(path.parent)
     return path
