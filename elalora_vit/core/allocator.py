@@ -23,6 +23,7 @@ allocator as it is by the scaler.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,10 @@ class RoundRecord:
             "rank_pattern": dict(self.rank_pattern),
             "scores": dict(self.scores),
         }
+
+
+class StepsPastScheduleWarning(UserWarning):
+    """The allocator was stepped more often than its ``total_steps``."""
 
 
 class RankAllocator:
@@ -160,6 +165,12 @@ class RankAllocator:
         """Count one step and fold its gradients into the scores (unless not finite)."""
         self.step_count += 1
         t = self.step_count
+        if t == self.total_steps + 1:  # once: the schedule ended, nothing more will move
+            warnings.warn(
+                f"RankAllocator: step {t} is past total_steps={self.total_steps}; the schedule has ended, so no "
+                "rank moves any more. Pass the run's real number of optimizer steps as total_steps (with "
+                "gradient accumulation, optimizer steps, not micro-batches: step the allocator only when the "
+                "optimizer stepped)", StepsPastScheduleWarning, stacklevel=3)
         self._publish_counts()
         if scores_are_updated(t, self.total_steps, self.config) and (skipped or not self.tracker.update()):
             self.skipped_steps += 1

@@ -48,6 +48,10 @@ from torch import Tensor, nn
 from .config import ElaLoRAConfig
 
 
+class MergedTrainingWarning(UserWarning):
+    """Training through merged adapters: their parameters get no gradient."""
+
+
 class AdaptedLinear(nn.Module):
     """Common part of the adapter layers: a frozen base ``nn.Linear`` plus a
     low-rank update ``left @ diag(scale) @ right`` per part."""
@@ -154,6 +158,12 @@ class AdaptedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         result = self.base_layer(x)
         if self.merged:
+            if self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
+                warnings.warn(
+                    "ElaLoRA: a forward pass in training mode through merged adapters: the update lives in the "
+                    "base weight, so the adapter parameters get no gradient and will not learn. Call "
+                    "unmerge_adapters(model) before training (merge only for inference).",
+                    MergedTrainingWarning, stacklevel=2)
             return result
         right = self.lora_A
         if not torch.is_autocast_enabled() and x.dtype != right.dtype:

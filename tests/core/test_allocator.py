@@ -368,3 +368,25 @@ def test_a_step_the_loop_skipped_teaches_the_scores_nothing():
     alloc.step(opt, skipped=True)
     assert alloc.step_count == 3 and alloc.skipped_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(before, alloc.tracker.ibar + alloc.tracker.ubar))
+
+
+def test_stepping_past_total_steps_warns_once():
+    import warnings as _warnings
+
+    from elalora_vit.core.allocator import StepsPastScheduleWarning
+    from tests.conftest import QKV_SPLIT, VIT_TARGETS, make_tiny_vit
+    from elalora_vit import ElaLoRAConfig, RankAllocator, patch_model
+
+    model = make_tiny_vit(depth=1)
+    cfg = ElaLoRAConfig(rank=2, warmup_steps=2, adjust_interval=2, stabilize_steps=2)
+    patch_model(model, VIT_TARGETS, cfg, split=QKV_SPLIT)
+    alloc = RankAllocator(model, cfg, total_steps=8)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        for _ in range(8):
+            alloc.step()
+        assert not [w for w in caught if issubclass(w.category, StepsPastScheduleWarning)]
+        for _ in range(22):
+            alloc.step()
+    past = [w for w in caught if issubclass(w.category, StepsPastScheduleWarning)]
+    assert len(past) == 1 and "step 9 is past total_steps=8" in str(past[0].message)

@@ -126,3 +126,30 @@ def test_find_adapters_sees_through_ddp_style_wrapper(tiny_vit):
 def test_uneven_split_is_a_clear_error():
     with pytest.raises(ValueError, match="3 equal parts"):
         SVDLinear(nn.Linear(4, 10), ["q", "k", "v"], rank=1, capacity=2, scaling=1.0)
+
+
+def test_training_through_merged_adapters_warns_and_eval_does_not():
+    import warnings as _warnings
+
+    from elalora_vit import ElaLoRAConfig, merge_adapters, patch_model, unmerge_adapters
+    from elalora_vit.core.layer import MergedTrainingWarning
+    from tests.conftest import QKV_SPLIT, VIT_TARGETS, make_tiny_vit
+
+    model = make_tiny_vit(depth=1)
+    patch_model(model, VIT_TARGETS, ElaLoRAConfig(rank=2), split=QKV_SPLIT)
+    model.head.requires_grad_(True)
+    merge_adapters(model)
+    x = torch.randn(2, 3, 32, 32)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        assert not [w for w in caught if issubclass(w.category, MergedTrainingWarning)]
+        model.train()
+        model(x).sum().backward()
+    assert [w for w in caught if issubclass(w.category, MergedTrainingWarning)]
+    unmerge_adapters(model)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error", MergedTrainingWarning)
+        model(x).sum().backward()  # unmerged: no warning, gradients flow
