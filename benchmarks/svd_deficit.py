@@ -202,12 +202,15 @@ def run(args) -> None:
                       flush=True)
 
 
-def summarise(paths: list[str], lrs: list[float] | None, opponents=("lora", "peft")) -> str:
+def summarise(paths: list[str], lrs: list[float] | None, opponents=("lora", "peft"),
+              variants: list[str] | None = None) -> str:
     """Markdown: per variant, test accuracy by rate, the val-chosen rate, and the paired
     difference to each opponent at each one's val-chosen rate (95% t-interval)."""
     runs = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
     if lrs:
         runs = [r for r in runs if r["lr"] in set(lrs)]
+    if variants:
+        runs = [r for r in runs if r["method"] in set(variants)]
     methods = list(dict.fromkeys(r["method"] for r in runs))
     grid = sorted({r["lr"] for r in runs})
     cell = {(r["method"], r["lr"], r["seed"]): r for r in runs}
@@ -220,9 +223,9 @@ def summarise(paths: list[str], lrs: list[float] | None, opponents=("lora", "pef
                                               -statistics.mean(cell[m, lr, s]["val_loss"] for s in seeds)))
     present = [o for o in opponents if o in methods]
     lines = [f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]}); grid {' '.join(f'{lr:g}' for lr in grid)}", "",
-             "| variant | " + " | ".join(f"test at {lr:g}" for lr in grid) + " | LR (val-chosen) | "
+             "| variant | trainable params | " + " | ".join(f"test at {lr:g}" for lr in grid) + " | LR (val-chosen) | "
              + " | ".join(f"− {o}, paired [95% interval]" for o in present) + " |",
-             "|---|" + "---:|" * len(grid) + "---:|" + "---|" * len(present)]
+             "|---|---:|" + "---:|" * len(grid) + "---:|" + "---|" * len(present)]
     for m in methods:
         means = [statistics.mean(cell[m, lr, s]["test_acc"] for s in seeds) for lr in grid]
         diffs = []
@@ -232,7 +235,8 @@ def summarise(paths: list[str], lrs: list[float] | None, opponents=("lora", "pef
                 continue
             ci = t_interval([cell[m, chosen[m], s]["test_acc"] - cell[o, chosen[o], s]["test_acc"] for s in seeds])
             diffs.append(f"{ci.mean:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]" if ci.low is not None else f"{ci.mean:+.2f}")
-        lines.append(f"| {m} | " + " | ".join(f"{v:.2f}" for v in means) + f" | {chosen[m]:g} | " + " | ".join(diffs) + " |")
+        params = round(statistics.mean(cell[m, chosen[m], s]["trainable_params"] for s in seeds))
+        lines.append(f"| {m} | {params:,} | " + " | ".join(f"{v:.2f}" for v in means) + f" | {chosen[m]:g} | " + " | ".join(diffs) + " |")
     return "\n".join(lines)
 
 
@@ -240,7 +244,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--variants", nargs="+", default=["lora", "peft", "b0"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["lora", "peft", "b0"],
+                   help=f"what to run, of {list(VARIANTS)} (with --summarise: which runs to tabulate)")
     p.add_argument("--lrs", nargs="+", type=float, default=[5e-3, 7e-3, 1e-2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--out", help="append one JSON line per run here")
@@ -251,10 +256,15 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.summarise:
-        print(summarise(args.summarise, args.lrs if "--lrs" in (argv or sys.argv) else None, tuple(args.opponents)))
+        given = argv or sys.argv
+        print(summarise(args.summarise, args.lrs if "--lrs" in given else None, tuple(args.opponents),
+                        args.variants if "--variants" in given else None))
         return
     if not args.out:
         p.error("--out is required to run (the runs are appended to it)")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     run(args)
 
 
