@@ -144,7 +144,15 @@ class RankAllocator:
         ``skipped=True`` says the training loop skipped this step (a non-finite loss
         or gradient anywhere): the clock advances, the scores learn nothing from it.
         Returns the round's record, or None when no round ran.
+
+        Under gradient accumulation with accelerate (``accelerator.accumulate(model)``),
+        pass the prepared optimizer: on micro-batches where it did not step
+        (``sync_gradients`` false) this is a no-op, so the allocator counts optimizer steps,
+        as its schedule does, not micro-batches.
         """
+        gradient_state = getattr(optimizer, "gradient_state", None)  # accelerate's AcceleratedOptimizer
+        if gradient_state is not None and not gradient_state.sync_gradients:
+            return None
         t = self._advance(skipped)
         if not is_adjustment_step(t, self.total_steps, self.config):
             return None
