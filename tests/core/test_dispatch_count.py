@@ -2,24 +2,14 @@
 what they are now, so that a change that adds launches to every step is seen (issue 25's
 goal, 1.25x with the regulariser, is not met yet: 1.51x; see BENCHMARKS.md)."""
 
-from collections import Counter
-
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from elalora_vit import ElaLoRAConfig, RankAllocator, orthogonal_regularization, patch_model
 from tests.conftest import QKV_SPLIT, VIT_TARGETS, make_tiny_vit
+from tests.test_benchmarks_smoke import _script
 
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
+CountOps = _script("dispatch")._CountOps  # the counter benchmarks/dispatch.py reports with
 
 
 def ops_of_a_step(method: str, regularizer: bool) -> int:

@@ -17,21 +17,13 @@ from elalora_vit.storage.lock import LOCK_NAME, FolderLock
 from elalora_vit.sweep import plan_sweep, run_sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_sweep import TINY, cli_set_flags, table_without_wall_time, write_task  # noqa: E402
+from test_sweep import TASK_NAMES, TINY, cli_set_flags, data_root, table_without_wall_time  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[2]
-TASKS = ("dtd", "eurosat")
+TASKS = TASK_NAMES  # the tasks of test_sweep's data_root fixture, used here too
 METHODS = ("elalora", "lora")
 SEEDS = ("0", "1")
 STARTED = re.compile(r"\] (\S+/seed\d+): (?:starting|resuming from its checkpoint)")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vtab-1k")
-    for task in TASKS:
-        write_task(root, task)
-    return root
 
 
 def _sweep_command(output: Path, data_root: Path) -> list[str]:
