@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from elalora_vit.cli import main
 from elalora_vit.storage.lock import LOCK_NAME, FolderLock
