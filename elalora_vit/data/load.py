@@ -11,6 +11,7 @@ offline scikit-learn digits task.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,7 @@ from elalora_vit.data.errors import DataError
 from elalora_vit.data.fingerprint import split_fingerprint
 from elalora_vit.data.folder import folder_source
 from elalora_vit.data.tasks import TaskLike, check_split, get_task
+from elalora_vit.storage.lock import LockUnavailable
 from elalora_vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 SOURCES = ("folder", "tfds", "digits")
@@ -92,11 +94,18 @@ def load_task_data(
         eval_images.check_files()
     train_images = open_source(resolved, train_split, source, data_dir, tfds_dir)
     if cache_dir is not None:
-        train_cached, eval_cached = (
-            cached_split(images, preprocess, task=resolved.name, split=split, cache_dir=cache_dir, progress=progress,
-                         fingerprint=split_fingerprint(resolved, split, source, data_dir, tfds_dir))
-            for images, split in ((train_images, train_split), (eval_images, eval_split))
-        )
+        try:
+            train_cached, eval_cached = (
+                cached_split(images, preprocess, task=resolved.name, split=split, cache_dir=cache_dir,
+                             progress=progress, fingerprint=split_fingerprint(resolved, split, source, data_dir, tfds_dir))
+                for images, split in ((train_images, train_split), (eval_images, eval_split))
+            )
+        except LockUnavailable as err:  # a read-only or lock-less cache folder: decode per access instead
+            warnings.warn(f"the image cache is not usable ({err}); decoding images per access instead. Set "
+                          "data.cache_dir (or $ELALORA_VIT_CACHE) to a writable folder, or data.cache: false",
+                          stacklevel=2)
+            cache_dir = None
+    if cache_dir is not None:
         train = CachedDataset(train_cached, preprocess)
         train = TensorCacheDataset.from_pixels(train.pixels(), torch.from_numpy(train_cached.labels), preprocess)
         return TaskData(train=train, eval=CachedDataset(eval_cached, preprocess), num_classes=resolved.num_classes,

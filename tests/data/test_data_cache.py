@@ -142,3 +142,12 @@ def test_killed_build_leaves_nothing_used_and_is_rebuilt(tmp_path):
     assert time.monotonic() - started < 60
     assert not list(entry.glob(".*.tmp*"))  # the killed build's partial file was cleared
     assert entry.name == entry_name("t", "test", Preprocess(8), "sha256:x")
+
+
+def test_an_unusable_cache_folder_falls_back_to_decoding_with_a_warning(folder_root, kit, tmp_path):
+    (tmp_path / "file").write_text("a file where the cache folder must go")
+    with pytest.warns(UserWarning, match="image cache is not usable .*decoding images per access instead"):
+        data = load_task_data(kit.task_name, data_dir=folder_root, image_size=16, progress=False,
+                              cache_dir=tmp_path / "file" / "cache")
+    lazy = load_task_data(kit.task_name, data_dir=folder_root, image_size=16, progress=False)
+    _assert_same_items(data.eval, lazy.eval)
