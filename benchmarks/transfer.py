@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elalora_vit.core import adapted_layers, orthogonal_regularization  # noqa: E402
 from elalora_vit.sweep.stats import t_interval  # noqa: E402
-from elalora_vit.train.config import TrainConfig, load_config  # noqa: E402
+from elalora_vit.config import TrainConfig, load_config  # noqa: E402
 from elalora_vit.train.health import HealthMonitor  # noqa: E402
 from elalora_vit.train.loop import lr_factor  # noqa: E402
 from elalora_vit.train.methods import final_rank_pattern, setup_method, total_rank, trainable_parameter_count  # noqa: E402

@@ -142,6 +142,22 @@ MUTATIONS = [
         "            if False:",
         ("tests/core/test_optim_state.py", "tests/core/test_allocator.py", "tests/train/test_rounds_in_training.py"),
     ),
+    Mutation(
+        "run-folder-unlocked",
+        "a run does not hold its folder's lock: a second process resumes, overwrites or deletes it",
+        "elalora_vit/train/loop.py",
+        '    if int(os.environ.get("RANK", "0")) != 0:\n        yield\n        return\n',
+        "    if True:\n        yield\n        return\n",
+        ("tests/reliability/test_concurrent_runs.py",),
+    ),
+    Mutation(
+        "yaml-duplicate-keys-accepted",
+        "a config naming a key twice is read silently, the last value winning",
+        "elalora_vit/config/reading.py",
+        "                    if key in seen:",
+        "                    if False:",
+        ("tests/reliability/test_hostile_config.py",),
+    ),
 ]
 
 

@@ -64,7 +64,7 @@ def test_a_documented_command_resolves_to_valid_settings(where, argv, tmp_path, 
         from elalora_vit.sweep import plan_sweep
         from elalora_vit.sweep.grid import parse_grid
         from elalora_vit.sweep.plan import DEFAULT_PRESETS
-        from elalora_vit.train.config import parse_override
+        from elalora_vit.config import parse_override
 
         overrides = dict(parse_override(text) for text in args.set or [])
         runs = plan_sweep(parse_task_list(args.tasks), args.methods, args.seeds, output=tmp_path / "sweep",

@@ -147,7 +147,7 @@ def test_resolve_data_config():
 
 
 def test_resolve_data_config_lets_explicit_values_win():
-    from elalora_vit.train.config import DataConfig
+    from elalora_vit.config import DataConfig
 
     orig = create_backbone("vit_base_patch16_224.orig_in21k", 3, pretrained=False, **TINY_KW)
     assert resolve_data_config(orig, DataConfig()) == resolve_data_config(orig)  # unset: the model decides

@@ -19,7 +19,7 @@ SWEEP_EXAMPLES = """examples:
 def _overrides_and_presets(args: argparse.Namespace) -> tuple[dict, str | Path | None]:
     """The ``--set``/``--no-progress`` overrides and the ``--presets`` choice of vtab-sweep and vtab-tune."""
     from ..sweep.plan import DEFAULT_PRESETS
-    from ..train.config import parse_override
+    from ..config import parse_override
 
     overrides = dict(parse_override(text) for text in args.set or [])
     if args.no_progress:

@@ -21,7 +21,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the flags and --set give.  Numeric flags stay text here: the config
     converts them as it converts --set values (any float() spelling, ``--epochs 1e2``)
     and names the key when one does not fit."""
-    from ..train.config import parse_override
+    from ..config import parse_override
 
     flags = {
         "data.task": args.task,
@@ -79,7 +79,7 @@ RESULT_LINE_KEYS = ("task", "method", "seed", "eval_split", "accuracy", "trainab
 def _add_train(sub) -> None:
     from ..core.config import field_docs
     from ..data import SOURCES
-    from ..train.config import METHODS, PRECISIONS, AdapterConfig
+    from ..config import METHODS, PRECISIONS, AdapterConfig
     from ..train.tracking import TRACKERS
     from ..vit import DEFAULT_MODEL
 

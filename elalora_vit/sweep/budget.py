@@ -15,7 +15,7 @@ import dataclasses
 import torch
 
 from ..data import resolve_task
-from ..train.config import TrainConfig
+from ..config import TrainConfig
 from ..train.methods import setup_method, trainable_parameter_count
 from ..vit import create_backbone
 

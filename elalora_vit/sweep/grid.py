@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..core.config import ConfigError
-from ..train.config import ADAPTER_METHODS, parse_override
+from ..config import ADAPTER_METHODS, parse_override
 
 GRID_KEY = "grid"
 """The key of a --config file that holds a grid (it is not a setting of the runs)."""

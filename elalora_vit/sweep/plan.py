@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..core.config import ConfigError
 from ..data.tasks import parse_task_list
-from ..train.config import METHODS, TrainConfig, load_config, read_yaml
+from ..config import METHODS, TrainConfig, load_config, read_yaml
 from ..train.run_files import RunFiles
 from .grid import GRID_KEY, Variant, expand_grid, grid_from_config
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..data.errors import UnknownTaskError
 from ..data.tasks import GROUPS, get_task, task_names
-from ..train.config import METHODS
+from ..config import METHODS
 from ..train.run_files import RunFiles
 from .grid import base_method, is_variant
 from .plan import FAILED

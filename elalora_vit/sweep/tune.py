@@ -41,7 +41,7 @@ import yaml
 
 from ..core.config import ConfigError
 from ..storage.files import atomic_write_json, atomic_write_text
-from ..train.config import METHODS, load_config, read_yaml
+from ..config import METHODS, load_config, read_yaml
 from .formatting import markdown_table
 from ..data.tasks import selected_tasks
 from .plan import DEFAULT_PRESETS, SweepRun, _words, plan_sweep, select_methods, select_seeds, shard_runs

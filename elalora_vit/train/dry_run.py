@@ -18,7 +18,7 @@ from ..core.schedule import adjustment_steps, ranks_to_move
 from ..data import resolve_task
 from ..data.load import open_source
 from ..vit import check_input_size, create_run_backbone, resolve_data_config
-from .config import TrainConfig
+from ..config import TrainConfig
 from .errors import TrainingError
 from .methods import setup_method, total_rank, trainable_parameter_count
 from .run_files import RunFiles

@@ -37,7 +37,7 @@ from ..data.cache import resolve_cache_dir
 from ..data.transforms import device_batch
 from ..vit import check_input_size, create_run_backbone, resolve_data_config
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import TrainConfig
+from ..config import TrainConfig
 from .errors import RunInterrupted, RunInUse, TrainingError
 from .health import HealthMonitor
 from .methods import setup_method, total_rank

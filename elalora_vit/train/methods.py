@@ -24,7 +24,7 @@ from ..core import (
 )
 from ..core.param_groups import adapter_parameter_ids
 from ..vit import default_targets, head_module_names
-from .config import TrainConfig
+from ..config import TrainConfig
 
 
 @dataclass

@@ -13,7 +13,7 @@ import yaml
 
 from ..core import find_adapters, save_adapters
 from ..storage.files import atomic_write, atomic_write_json, atomic_write_text
-from .config import ADAPTER_METHODS, TrainConfig
+from ..config import ADAPTER_METHODS, TrainConfig
 from .heatmap import plot_rank_heatmap, rank_matrix
 from .methods import final_rank_pattern, trainable_parameter_count
 from .provenance import model_record, save_trained_weights

@@ -27,7 +27,7 @@ from ..core.fingerprint import backbone_fingerprint
 from ..data.fingerprint import FORMATS, split_fingerprint
 from ..vit import resolve_data_config
 from ..vit.facts import head_names_present
-from .config import TrainConfig
+from ..config import TrainConfig
 
 TASK_KEYS = ("data.train_fingerprint", "data.eval_fingerprint")
 """Keys that differ between tasks by nature; compared within a task only."""

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..core import backbone_fingerprint
 from ..storage.files import atomic_write
-from .config import TrainConfig
+from ..config import TrainConfig
 
 TRAINED_FORMAT = "elalora-vit/trained/1"
 

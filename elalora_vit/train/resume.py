@@ -11,7 +11,7 @@ import torch
 
 from ..core.errors import first_line
 from .checkpoint import CheckpointError, check_same_run, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from ..config import TrainConfig
 from .errors import TrainingError
 from .methods import trainable_state_names
 from .state import RunState

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data.datasets import loader_workers
 from ..data.transforms import device_batch
-from .config import TrainConfig
+from ..config import TrainConfig
 from .errors import TrainingError
 
 

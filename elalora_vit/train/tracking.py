@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from .errors import TrainingError
 
-TRACKERS = ("none", "tensorboard", "wandb")
+from ..config.schema import TRACKERS  # noqa: E402  (one list of trackers, in the schema)
 FIGURES = {"heatmap": "rank_heatmap", "rank_evolution": "rank_evolution", "importance_scores": "importance_scores"}
 """RunFiles attribute -> tag of the figures logged at the end (those the run drew)."""
 

@@ -25,7 +25,7 @@ from torch import nn
 from ..core import check_backbone_fingerprint, load_adapters, read_adapter_metadata
 from ..data import Preprocess, resolve_task
 from ..train import RunFiles, TrainConfig
-from ..train.config import ADAPTER_METHODS
+from ..config import ADAPTER_METHODS
 from ..train.provenance import TRAINED_FORMAT
 from ..vit import create_backbone, head_module_names, resolve_data_config
 

@@ -16,7 +16,7 @@ from elalora_vit.core.config import ConfigError
 from elalora_vit.data import UnknownTaskError, parse_task_list
 from elalora_vit.train import load_config
 from elalora_vit.train.checkpoint import CheckpointError, check_same_run
-from elalora_vit.train.config import TrainConfig, parse_override
+from elalora_vit.config import TrainConfig, parse_override
 
 REPO = Path(__file__).resolve().parents[2]
 

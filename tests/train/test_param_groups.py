@@ -11,7 +11,7 @@ from torch import nn
 
 from elalora_vit.core import ElaLoRAConfig, adapter_param_groups, patch_model
 from elalora_vit.core.config import field_docs
-from elalora_vit.train.config import AdapterConfig, TrainConfig, load_config
+from elalora_vit.config import AdapterConfig, TrainConfig, load_config
 from elalora_vit.train.methods import setup_method
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from safetensors import safe_open
 from elalora_vit.core import ConfigError, read_adapter_metadata
 from elalora_vit.data import DataError, UnknownTaskError
 from elalora_vit.train import CheckpointError, TrainingError, load_config, train
-from elalora_vit.train.config import TrainConfig, steps_of
+from elalora_vit.config import TrainConfig, steps_of
 from elalora_vit.train.loop import lr_factor
 from tests.train.conftest import TASK, tiny_overrides
 
