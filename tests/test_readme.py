@@ -28,7 +28,11 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     alloc = namespace["alloc"]
     assert alloc.total_rank() == alloc.initial_total_rank
     assert alloc.history, "the example should run at least one adjustment round"
-    assert (tmp_path / "adapter.safetensors").is_file()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "adapter" / "elalora_allocator.pt").is_file()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["restored"].eval()(x), namespace["model"].eval()(x), rtol=0, atol=1e-5)
 
 
 def test_every_other_python_snippet_runs_after_the_example(tmp_path, monkeypatch):
@@ -66,7 +70,8 @@ def test_language_model_example_runs(tmp_path, monkeypatch):
     exec(compile(example, "README.md", "exec"), namespace)
     assert namespace["callback"].allocator.step_count == 30
     assert namespace["callback"].allocator.history, "the example should run at least one adjustment round"
-    assert (tmp_path / "bert-adapter.safetensors").is_file()
+    assert (tmp_path / "bert-adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "bert-adapter" / "model.safetensors").exists()
     assert (tmp_path / "runs" / "bert-elalora" / "checkpoint-30" / "elalora_allocator.pt").is_file()
 
 

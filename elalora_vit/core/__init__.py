@@ -21,6 +21,14 @@ from .fingerprint import backbone_fingerprint
 from .importance import ImportanceTracker
 from .layer import AdaptedLinear, AdapterRef, LoRALinear, SVDLinear
 from .optim_state import reset_optimizer_slot
+from .pretrained import (
+    disable_adapter,
+    from_pretrained,
+    load_allocator_state,
+    print_trainable_parameters,
+    save_pretrained,
+    trainable_parameters,
+)
 from .param_groups import adapter_param_groups
 from .regularizer import orthogonal_regularization
 from .schedule import adjustment_steps, check_schedule, is_adjustment_step, phase, ranks_to_move
@@ -52,6 +60,12 @@ __all__ = [
     "backbone_fingerprint",
     "check_backbone_fingerprint",
     "check_schedule",
+    "disable_adapter",
+    "from_pretrained",
+    "load_allocator_state",
+    "print_trainable_parameters",
+    "save_pretrained",
+    "trainable_parameters",
     "find_adapters",
     "get_method",
     "is_adjustment_step",

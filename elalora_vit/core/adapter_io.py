@@ -35,11 +35,19 @@ from .config import ElaLoRAConfig
 from ..storage.files import atomic_write
 from .fingerprint import backbone_fingerprint
 from .inject import patch_model
-from .layer import AdaptedLinear, AdapterRef, SVDLinear, adapted_layers, find_adapters, unwrap_model
+from .layer import AdaptedLinear, AdapterRef, SVDLinear, adapted_layers, find_adapters, linear_features, unwrap_model
 from .registry import adapter_forms, form_of, get_method, method_names
 from .watch import counts_of
 
 FORMAT = "elalora-vit/adapter/1"
+ADAPTER_FILE = "adapter_model.safetensors"
+"""The adapter file's name inside an adapter folder (:mod:`.pretrained`)."""
+
+
+def adapter_file(path: str | os.PathLike) -> Path:
+    """``path`` itself, or the adapter file inside it when ``path`` is a folder."""
+    path = Path(path)
+    return path / ADAPTER_FILE if path.is_dir() else path
 
 
 class AdapterFileError(ValueError):
@@ -59,7 +67,8 @@ def save_adapters(
     *,
     method: str | None = None,
 ) -> Path:
-    """Write the adapters of ``model`` (active ranks only) to ``path``, atomically.
+    """Write the adapters of ``model`` (active ranks only) to ``path``, atomically
+    (``path/adapter_model.safetensors`` when ``path`` is an existing folder).
 
     Args:
         modules_to_save: modules stored in full (e.g. the classifier head).
@@ -92,7 +101,7 @@ def save_adapters(
         **_allocator_counts(layers),
         **(metadata or {}),
     }
-    path = Path(path)
+    path = adapter_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
@@ -129,9 +138,13 @@ def _allocator_counts(layers) -> dict[str, str]:
 
 
 def read_adapter_metadata(path: str | os.PathLike) -> dict:
-    """The decoded metadata of an adapter file (config, layers, rank pattern, ...)."""
-    path = Path(path)
+    """The decoded metadata of an adapter file, or of an adapter folder's file (config,
+    layers, rank pattern, ...)."""
+    folder = Path(path) if Path(path).is_dir() else None
+    path = adapter_file(path)
     if not path.is_file():
+        if folder is not None:
+            raise AdapterFileError(f"adapter folder {folder} holds no {ADAPTER_FILE}")
         raise AdapterFileError(f"adapter file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -159,10 +172,11 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
 
 @torch.no_grad()
 def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: bool = True) -> nn.Module:
-    """Load an adapter file into ``model``.
+    """Load an adapter file (or an adapter folder) into ``model``.
 
     An unpatched model is patched first, with the layers, parts and config the
-    file records.  A patched model must have exactly the file's adapter layers.
+    file records; it is then trainable as it was saved: the adapters and the saved
+    modules (e.g. the head), nothing else.  A patched model must have exactly the file's adapter layers.
     Every shape, and the backbone fingerprint the file records (unless
     ``check_backbone=False``), is checked before anything is written, so a file
     made for another model raises :class:`AdapterFileError` (a
@@ -170,6 +184,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: 
     and leaves ``model`` as it was.
     """
     meta = read_adapter_metadata(path)
+    path = adapter_file(path)
     model = unwrap_model(model)
     config = ElaLoRAConfig.from_dict(meta["config"], warn=False)  # files of older versions too
     layer_info: dict[str, dict] = meta["layers"]
@@ -177,7 +192,8 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: 
     _check_fits(model, path, layer_info, meta, tensors, config)
     if check_backbone:
         check_backbone_fingerprint(model, meta.get("backbone_fingerprint"), path, meta["modules_to_save"])
-    if not adapted_layers(model):
+    patched_here = not adapted_layers(model)
+    if patched_here:
         split = {name: info["parts"] for name, info in layer_info.items() if info["parts"]}
         patch_model(model, list(layer_info), config, split=split, exclude=excluded_part_names(layer_info),
                     method=meta["layer_form"])
@@ -186,7 +202,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, *, check_backbone: 
     for module_name in meta["modules_to_save"]:
         prefix = f"modules_to_save.{module_name}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        model.get_submodule(module_name).load_state_dict(state)
+        module = model.get_submodule(module_name)
+        module.load_state_dict(state)
+        if patched_here:  # patch_model froze it; it trained in full when it was saved
+            module.requires_grad_(True)
     for counts in counts_of(layer for _, layer in adapted_layers(model)):
         counts.allocator_steps = meta["allocator_steps"] or 0
         counts.rounds = meta["allocator_rounds"] or 0
@@ -251,11 +270,13 @@ def _check_fits(model, path, layer_info, meta, tensors, config) -> None:
             module = existing.get(name) or model.get_submodule(name)
         except AttributeError:
             fail(f"the model has no module '{name}'")
-        if not isinstance(module, (nn.Linear, AdaptedLinear)):
+        features = (module.in_features, module.out_features) if isinstance(module, AdaptedLinear) \
+            else linear_features(module)
+        if features is None:
             fail(f"'{name}' is a {type(module).__name__}, not a Linear")
-        if (module.in_features, module.out_features) != (info["in_features"], info["out_features"]):
+        if features != (info["in_features"], info["out_features"]):
             fail(
-                f"layer '{name}' is {module.in_features}->{module.out_features} here "
+                f"layer '{name}' is {features[0]}->{features[1]} here "
                 f"but {info['in_features']}->{info['out_features']} in the file"
             )
         if isinstance(module, AdaptedLinear):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, ElaLoRAConfig
-from .layer import AdaptedLinear, AdapterRef, SVDLinear, find_adapters
+from .layer import AdaptedLinear, AdapterRef, SVDLinear, find_adapters, linear_features
 from .registry import adapter_forms, get_method
 from .targets import Target, TargetError, match_targets, resolve_excluded_parts, resolve_split
 from .watch import watch_layers
@@ -27,7 +27,8 @@ def patch_model(
     method: str = "elalora",
     freeze_base: bool = True,
 ) -> list[AdapterRef]:
-    """Wrap the targeted ``nn.Linear`` modules of ``model`` in adapter layers, in place.
+    """Wrap the targeted ``nn.Linear`` (or transformers ``Conv1D``) modules of ``model`` in
+    adapter layers, in place.
 
     Args:
         model: any ``nn.Module``.
@@ -63,6 +64,7 @@ def patch_model(
     for name in names:
         base = model.get_submodule(name)
         layer = layer_class.from_config(base, parts_of.get(name), config, generator, excluded_of.get(name, ()))
+        layer.adapter_config = config  # save_pretrained reads it back
         _set_submodule(model, name, layer)
     if issubclass(layer_class, SVDLinear):  # its ranks move only if an allocator is stepped: watch that
         watch_layers([model.get_submodule(n) for n in names], config.warmup_steps)
@@ -88,9 +90,10 @@ def _check_rank(model: nn.Module, names, parts_of, config: ElaLoRAConfig) -> Non
     for name in names:
         base = model.get_submodule(name)
         parts = len(parts_of.get(name) or ()) or 1
-        d_in, d_out = getattr(base, "in_features", None), getattr(base, "out_features", None)
-        if d_in is None or d_out is None:
+        features = linear_features(base)
+        if features is None:
             continue  # not a Linear: the layer class says so
+        d_in, d_out = features
         bound = min(d_in, d_out // parts)
         if config.rank > bound:
             raise ConfigError(

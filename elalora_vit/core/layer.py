@@ -1,4 +1,5 @@
-"""Adapter layers that wrap a frozen ``nn.Linear``, and finding them in a model.
+"""Adapter layers that wrap a frozen ``nn.Linear`` (or a transformers ``Conv1D``, GPT-2's
+linear with its weight stored transposed), and finding them in a model.
 
 A wrapped linear may be adapted as one block or as several equal row blocks
 ("parts", e.g. q, k and v of a fused ``qkv`` projection).  Every part is an
@@ -52,6 +53,26 @@ class MergedTrainingWarning(UserWarning):
     """Training through merged adapters: their parameters get no gradient."""
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """A transformers ``Conv1D`` (GPT-2's ``c_attn``, ``c_proj``, ``c_fc``): a linear layer
+    computing ``x @ W + b`` with ``W`` of shape (in, out).  Recognised by its shape and
+    attributes, so ``transformers`` need not be imported."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, Tensor) and weight.dim() == 2
+            and getattr(module, "nf", None) == weight.shape[1])
+
+
+def linear_features(module: nn.Module) -> tuple[int, int] | None:
+    """``(in_features, out_features)`` of a module adapters can wrap (``nn.Linear`` or
+    ``Conv1D``), or None for any other module."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if is_conv1d(module):
+        d_in, d_out = module.weight.shape
+        return int(d_in), int(d_out)
+    return None
+
+
 class AdaptedLinear(nn.Module):
     """Common part of the adapter layers: a frozen base ``nn.Linear`` plus a
     low-rank update ``left @ diag(scale) @ right`` per part."""
@@ -65,20 +86,26 @@ class AdaptedLinear(nn.Module):
         excluded: Sequence[str] = (),
     ):
         super().__init__()
-        if not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"adapters wrap nn.Linear modules, got {type(base_layer).__name__}")
+        features = linear_features(base_layer)
+        if features is None:
+            raise TypeError(f"adapters wrap nn.Linear or Conv1D modules, got {type(base_layer).__name__}")
         n_parts = len(parts) if parts else 1
-        if base_layer.out_features % n_parts:
+        if features[1] % n_parts:
             raise ValueError(
-                f"cannot split a Linear with {base_layer.out_features} outputs into "
+                f"cannot split a Linear with {features[1]} outputs into "
                 f"{n_parts} equal parts {list(parts or [])}"
             )
         self.base_layer = base_layer
+        self._features = features
+        # Conv1D stores its weight as (in, out): the update is merged transposed (PEFT's fan_in_fan_out).
+        self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)
         self.part_names: tuple[str | None, ...] = tuple(parts) if parts else (None,)
         self.excluded_parts: tuple[str, ...] = _checked_exclusion(self.part_names, excluded)
         self.capacity = capacity
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # set by disable_adapter(): the base layer's output alone
+        self.adapter_config: ElaLoRAConfig | None = None  # what patch_model built it from
         base_layer.weight.requires_grad_(False)
         if base_layer.bias is not None:
             base_layer.bias.requires_grad_(False)
@@ -94,11 +121,11 @@ class AdaptedLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
-        return self.base_layer.in_features
+        return self._features[0]
 
     @property
     def out_features(self) -> int:
-        return self.base_layer.out_features
+        return self._features[1]
 
     @property
     def n_parts(self) -> int:
@@ -106,7 +133,7 @@ class AdaptedLinear(nn.Module):
 
     @property
     def part_features(self) -> int:
-        return self.base_layer.out_features // self.n_parts
+        return self.out_features // self.n_parts
 
     def is_excluded(self, part: int) -> bool:
         """Whether part ``part`` is excluded: a zero slot of the stack, never an adapter."""
@@ -155,6 +182,10 @@ class AdaptedLinear(nn.Module):
         left = self.lora_B * self.slot_scale().unsqueeze(1)  # (n, d_part, R)
         return torch.bmm(left, self.lora_A).reshape(self.out_features, self.in_features)
 
+    def _delta_in_weight_layout(self) -> Tensor:
+        delta = self.delta_weight()
+        return delta.T if self.fan_in_fan_out else delta
+
     def forward(self, x: Tensor) -> Tensor:
         result = self.base_layer(x)
         if self.merged:
@@ -164,6 +195,8 @@ class AdaptedLinear(nn.Module):
                     "base weight, so the adapter parameters get no gradient and will not learn. Call "
                     "unmerge_adapters(model) before training (merge only for inference).",
                     MergedTrainingWarning, stacklevel=2)
+            return result
+        if self.disabled:
             return result
         right = self.lora_A
         if not torch.is_autocast_enabled() and x.dtype != right.dtype:
@@ -187,7 +220,7 @@ class AdaptedLinear(nn.Module):
         if self.merged:
             return
         weight = self.base_layer.weight
-        weight += self.delta_weight().to(weight.dtype)
+        weight += self._delta_in_weight_layout().to(weight.dtype)
         self.merged = True
 
     @torch.no_grad()
@@ -196,7 +229,7 @@ class AdaptedLinear(nn.Module):
         if not self.merged:
             return
         weight = self.base_layer.weight
-        weight -= self.delta_weight().to(weight.dtype)
+        weight -= self._delta_in_weight_layout().to(weight.dtype)
         self.merged = False
 
     def extra_repr(self) -> str:

@@ -11,7 +11,7 @@ gives it) and never by suffix, so ``"*.attn.proj"`` cannot catch
 - a predicate ``f(name, module) -> bool``.
 
 A target that matches nothing, or that matches a module that is not an
-``nn.Linear``, raises :class:`TargetError` naming the target.
+``nn.Linear`` (or a transformers ``Conv1D``, GPT-2's linear), raises :class:`TargetError` naming the target.
 
 An exclude is a target too, and a name or pattern (glob or ``re:``) may also
 name a *part* of a split layer as ``<module>.<part>``: ``"blocks.*.attn.qkv.k"``
@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence, Union
 
 from torch import nn
 
-from .layer import AdaptedLinear
+from .layer import AdaptedLinear, linear_features
 
 Target = Union[str, type, Callable[[str, nn.Module], bool]]
 
@@ -81,10 +81,11 @@ def match_targets(
         for name, module in hits:
             if isinstance(module, AdaptedLinear):
                 raise TargetError(f"target {describe_target(target)} matches '{name}', which is already adapted")
-            if not isinstance(module, nn.Linear):
+            if linear_features(module) is None:
                 raise TargetError(
                     f"target {describe_target(target)} matches '{name}', a {type(module).__name__}; "
-                    "only nn.Linear modules can be adapted (narrow the pattern or add an exclude)"
+                    "only nn.Linear and transformers Conv1D modules can be adapted (narrow the pattern "
+                    "or add an exclude)"
                 )
             selected[name] = None
     for pattern in exclude:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..core import unpatch_model, unwrap_model
-from .folders import ExportError, staged_folder
+from .staging import ExportError, staged_folder
 
 
 def export_timm(

@@ -12,7 +12,8 @@
     model.classifier.requires_grad_(True)            # the new head trains in full
     trainer = Trainer(model, args, train_dataset=..., callbacks=[ElaLoRACallback(config)])
     trainer.train()                                  # or train(resume_from_checkpoint=True)
-    save_adapters(model, "adapter.safetensors", config, modules_to_save=["classifier"])
+    trainer.save_model("final")                      # the adapter folder only (see below)
+    # later: from_pretrained(AutoModelForSequenceClassification.from_pretrained(name), "final")
 
 The callback does the three things a hand-written loop does (METHOD.md):
 
@@ -26,22 +27,46 @@ The callback does the three things a hand-written loop does (METHOD.md):
   when training resumes, so a resumed run makes the decisions of an
   uninterrupted one.  Under DDP every process takes rank 0's scores (the core
   broadcasts them), so all processes make the same decisions.
+
+And three things a PEFT user expects of Trainer:
+
+- the allocator's state travels inside the checkpoint's ``optimizer.pt`` (an entry
+  of the first parameter group, added by an optimizer state-dict hook), so
+  ``train(resume_from_checkpoint="runA/checkpoint-12")`` resumes exactly whatever
+  ``output_dir`` is; ``elalora_allocator.pt`` is written beside it too, and read when
+  an optimizer state without the entry is resumed (checkpoints of older versions,
+  DeepSpeed);
+- ``trainer.save_model(dir)`` writes the adapter folder (``save_pretrained``:
+  active ranks and the trained head, a few MB) instead of a full state dict under
+  patched names, which a plain ``from_pretrained`` would load with randomly
+  initialised layers; Trainer's own checkpoints (``checkpoint-*``) stay full, so
+  they resume;
+- every training log line (what TensorBoard, W&B and ``trainer.state.log_history``
+  receive) carries ``elalora/total_rank``, ``elalora/rounds``, ``elalora/ranks_moved``
+  (since the previous line) and ``elalora/mean_rank/<kind>`` (q, k, v, fc1, ...).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import types
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
-
-from ..core import ElaLoRAConfig, RankAllocator, orthogonal_regularization
-from ..storage.files import atomic_write
+from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..core import ElaLoRAConfig, RankAllocator, orthogonal_regularization, save_pretrained
+from ..core.score_summary import adapter_kind
+from ..storage.files import atomic_write
+
 ALLOCATOR_STATE_FILE = "elalora_allocator.pt"
+OPTIMIZER_STATE_KEY = "elalora_allocator"
+"""The entry of the optimizer's first parameter group that carries the allocator state."""
 
 # Adapter targets (full-name globs, see patch_model) by ``model.config.model_type``:
 # every projection of attention and of the feed-forward block.
@@ -59,6 +84,9 @@ TARGETS: dict[str, list[str]] = {
         "*.mlp.gate_proj", "*.mlp.up_proj", "*.mlp.down_proj",
     ],
 }
+# GPT-2's projections are transformers Conv1D layers (weights stored as (in, out)); c_attn is
+# the fused q, k, v (split it with split={"attn.c_attn": ["q", "k", "v"]}).
+TARGETS["gpt2"] = ["*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj"]
 for _alias, _same in {"roberta": "bert", "xlm-roberta": "bert", "electra": "bert",
                       "mistral": "llama", "qwen2": "llama", "gemma": "llama"}.items():
     TARGETS[_alias] = TARGETS[_same]
@@ -85,23 +113,41 @@ class ElaLoRACallback(TrainerCallback):
             steps the epochs make).
         add_orthogonal_regularization: add ``orth_reg_weight * R`` to the
             training loss (False if your loss adds it already).
+        adapter_only_saves: ``trainer.save_model(dir)`` writes the adapter folder
+            (False: Trainer's full state dict, under the patched names).
+        log_ranks: add the rank figures to every training log line.
 
     After ``train()``, ``callback.allocator`` holds the allocator (its
     ``history`` lists every round).
     """
 
-    def __init__(self, config: ElaLoRAConfig, add_orthogonal_regularization: bool = True):
+    def __init__(self, config: ElaLoRAConfig, add_orthogonal_regularization: bool = True, *,
+                 adapter_only_saves: bool = True, log_ranks: bool = True):
         self.config = config
         self.add_orthogonal_regularization = add_orthogonal_regularization
+        self.adapter_only_saves = adapter_only_saves
+        self.log_ranks = log_ranks
         self.allocator: RankAllocator | None = None
         self._hook = None
+        self._state_hook = None
         self._loss_scale = 1.0
+        self._logged_rounds = 0
+        self._pending: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ events
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.allocator = RankAllocator(model, self.config, total_steps=state.max_steps)
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
         if state.global_step > 0:
-            self._restore(args, state)
+            self._restore(args, state, inner)
+        self._logged_rounds = len(self.allocator.history)
+        if isinstance(inner, torch.optim.Optimizer):
+            self._state_hook = inner.register_state_dict_post_hook(self._add_allocator_state)
+        if self.adapter_only_saves:
+            _save_adapters_from_save_model(model, self)
+        if self.log_ranks:
+            state.log_history = _LogWithRanks(state.log_history, callback=self)
+            _run_before_the_reporters(self)
         if self.add_orthogonal_regularization and self.config.orth_reg_weight > 0:
             self._install_loss_hook(model, args)
 
@@ -117,21 +163,55 @@ class ElaLoRACallback(TrainerCallback):
             saved = self.allocator.state_dict()
             atomic_write(path, lambda tmp: torch.save(saved, tmp))
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # Trainer copies the line into log_history (where _LogWithRanks added the figures) just
+        # before this event; the reporters after this callback read ``logs`` itself.
+        if self._pending is not None and isinstance(logs, dict) and "loss" in logs:
+            logs.update(self._pending)
+        self._pending = None
+
     def on_train_end(self, args, state, control, **kwargs):
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for handle in (self._hook, self._state_hook):
+            if handle is not None:
+                handle.remove()
+        self._hook = self._state_hook = None
 
     # ----------------------------------------------------------------- helpers
-    def _restore(self, args, state) -> None:
-        path = _state_path(args.output_dir, state.global_step)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ElaLoRACallback: training resumes at step {state.global_step}, but there is no allocator "
-                f"state at {path}, so the rank decisions of the interrupted run cannot be reproduced. Resume "
-                "from a checkpoint under TrainingArguments.output_dir that was written with ElaLoRACallback."
-            )
-        self.allocator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    def log_entries(self) -> dict[str, float]:
+        """The rank figures of a log line: total rank, rounds so far, ranks moved since the
+        previous line, and the mean rank of each kind of adapter."""
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for name, rank in self.allocator.rank_pattern().items():
+            by_kind[adapter_kind(name)].append(rank)
+        history = self.allocator.history
+        entries = {
+            "elalora/total_rank": float(sum(sum(ranks) for ranks in by_kind.values())),
+            "elalora/rounds": float(len(history)),
+            "elalora/ranks_moved": float(sum(r.net_moved() for r in history[self._logged_rounds:])),
+        }
+        entries.update({f"elalora/mean_rank/{kind}": sum(r) / len(r) for kind, r in sorted(by_kind.items())})
+        self._logged_rounds = len(history)
+        return entries
+
+    def _add_allocator_state(self, optimizer, state_dict):
+        if self.allocator is not None and state_dict.get("param_groups"):
+            state_dict["param_groups"][0][OPTIMIZER_STATE_KEY] = self.allocator.state_dict()
+        return state_dict
+
+    def _restore(self, args, state, optimizer) -> None:
+        # Trainer has loaded the checkpoint's optimizer state (wherever it lies) before this event.
+        groups = getattr(optimizer, "param_groups", None) or [{}]
+        saved = groups[0].pop(OPTIMIZER_STATE_KEY, None)
+        if saved is None:
+            path = _state_path(args.output_dir, state.global_step)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"ElaLoRACallback: training resumes at step {state.global_step}, but neither the resumed "
+                    f"optimizer state nor {path} holds an allocator state, so the rank decisions of the "
+                    "interrupted run cannot be reproduced. Resume from a checkpoint written with ElaLoRACallback."
+                )
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.allocator.load_state_dict(saved)
 
     def _install_loss_hook(self, model: nn.Module, args) -> None:
         # Trainer divides a per-batch mean loss by the accumulation steps, unless the model takes
@@ -159,3 +239,58 @@ class ElaLoRACallback(TrainerCallback):
 
 def _state_path(output_dir: str | os.PathLike, step: int) -> Path:
     return Path(output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}" / ALLOCATOR_STATE_FILE
+
+
+class _LogWithRanks(list):
+    """``TrainerState.log_history`` that adds the rank figures to each training line as
+    Trainer appends it, before any callback (TensorBoard, W&B) receives the line."""
+
+    def __init__(self, items=(), callback: ElaLoRACallback | None = None):
+        super().__init__(items)
+        self._callback = callback
+
+    def append(self, entry) -> None:
+        if self._callback is not None and isinstance(entry, dict) and "loss" in entry:
+            self._callback._pending = self._callback.log_entries()
+            entry.update(self._callback._pending)
+        super().append(entry)
+
+
+def _run_before_the_reporters(callback: ElaLoRACallback) -> None:
+    """Move ``callback`` to the front of Trainer's callback list, so that TensorBoard, W&B and
+    the other reporters (which Trainer puts before the user's callbacks) receive log lines
+    that already carry the rank figures.  Trainer gives callbacks no handle on that list;
+    the event's caller, ``CallbackHandler.call_event``, holds it."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            handler = frame.f_locals.get("self")
+            if isinstance(handler, CallbackHandler):
+                if callback in handler.callbacks:
+                    handler.callbacks.remove(callback)
+                    handler.callbacks.insert(0, callback)
+                return
+            frame = frame.f_back
+    finally:
+        del frame
+
+
+def _save_adapters_from_save_model(model: nn.Module, callback: ElaLoRACallback) -> None:
+    """Make Trainer's ``save_model(dir)`` write the adapter folder: Trainer calls the model's
+    ``save_pretrained``, which is replaced on this instance.  Trainer's checkpoints
+    (``checkpoint-<step>``) keep the full state dict, which resuming needs."""
+    original = getattr(model, "save_pretrained", None)
+    if original is None or getattr(original, "_elalora", False):
+        return
+    original = getattr(original, "__func__", original)
+
+    def save_pretrained_adapters(self, save_directory, *args, **kwargs):
+        if Path(save_directory).name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+            return original(self, save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return None
+        save_pretrained(self, save_directory, callback.config, allocator=callback.allocator)
+        return None
+
+    save_pretrained_adapters._elalora = True
+    model.save_pretrained = types.MethodType(save_pretrained_adapters, model)

@@ -15,14 +15,13 @@ from ..core import (
     ElaLoRAConfig,
     Method,
     RankAllocator,
-    SVDLinear,
     adapted_layers,
     adapter_param_groups,
     find_adapters,
     get_method,
     patch_model,
+    trainable_parameters,
 )
-from ..core.param_groups import adapter_parameter_ids
 from ..vit import default_targets, head_module_names
 from ..config import TrainConfig
 
@@ -77,20 +76,10 @@ def _param_groups(model: nn.Module, cfg: TrainConfig, adapter_config: ElaLoRACon
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
-    """Parameters that the method trains, counting only active ranks of SVD adapters.
-
-    A rank of an SVD adapter costs ``d_in + d_part + 1`` (a row of Q, a column
-    of P and lambda); capacity slots that are not active are not counted, so
-    ElaLoRA, AdaLoRA and LoRA compare at their real budget.
-    """
-    factors, lambdas = adapter_parameter_ids(model)
-    adapter_ids = factors | lambdas
-    count = 0
-    for _, layer in adapted_layers(model):
-        per_rank = layer.in_features + layer.part_features + (1 if isinstance(layer, SVDLinear) else 0)
-        count += sum(layer.ranks()) * per_rank
-    count += sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in adapter_ids)
-    return count
+    """Parameters that the method trains, counting only active ranks of SVD adapters
+    (:func:`elalora_vit.core.trainable_parameters`), so ElaLoRA, AdaLoRA and LoRA compare
+    at their real budget."""
+    return trainable_parameters(model)[0]
 
 
 def trainable_state_names(model: nn.Module, cfg: TrainConfig) -> list[str]:

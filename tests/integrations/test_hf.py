@@ -22,7 +22,12 @@ from elalora_vit import (
 )
 
 transformers = pytest.importorskip("transformers")
-from elalora_vit.integrations.hf import ALLOCATOR_STATE_FILE, ElaLoRACallback, default_targets  # noqa: E402
+from elalora_vit.integrations.hf import (  # noqa: E402
+    ALLOCATOR_STATE_FILE,
+    OPTIMIZER_STATE_KEY,
+    ElaLoRACallback,
+    default_targets,
+)
 
 N, LENGTH, VOCAB = 32, 8, 32
 STEPS, LR = 20, 1e-2
@@ -155,12 +160,25 @@ def test_trainer_resume_makes_the_decisions_of_an_uninterrupted_run(tmp_path):
     assert _decisions(resumed_cb.allocator) == _decisions(full_cb.allocator)
     _assert_same(_adapter_state(resumed_model), _adapter_state(full_model))
 
-    # Without the allocator's state the run cannot be reproduced: say so instead of guessing.
-    shutil.copytree(tmp_path / "full" / "checkpoint-8", tmp_path / "bare" / "checkpoint-8")
-    (tmp_path / "bare" / "checkpoint-8" / ALLOCATOR_STATE_FILE).unlink()
+    # The checkpoint of another run, resumed by its path into a new output folder.
+    elsewhere_model, elsewhere_cb = _model(config), ElaLoRACallback(config)
+    transformers.Trainer(model=elsewhere_model, args=_args(tmp_path / "elsewhere", **args), train_dataset=_data(),
+                         callbacks=[elsewhere_cb]).train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-8"))
+    assert _decisions(elsewhere_cb.allocator) == _decisions(full_cb.allocator)
+    _assert_same(_adapter_state(elsewhere_model), _adapter_state(full_model))
+
+    # Without the allocator's state (neither in optimizer.pt nor beside it) the run cannot be
+    # reproduced: say so instead of guessing.
+    bare = tmp_path / "bare" / "checkpoint-8"
+    shutil.copytree(tmp_path / "full" / "checkpoint-8", bare)
+    (bare / ALLOCATOR_STATE_FILE).unlink()
+    optimizer_state = torch.load(bare / "optimizer.pt", weights_only=True)
+    assert OPTIMIZER_STATE_KEY in optimizer_state["param_groups"][0]
+    del optimizer_state["param_groups"][0][OPTIMIZER_STATE_KEY]
+    torch.save(optimizer_state, bare / "optimizer.pt")
     trainer = transformers.Trainer(model=_model(config), args=_args(tmp_path / "bare", **args),
                                    train_dataset=_data(), callbacks=[ElaLoRACallback(config)])
-    with pytest.raises(FileNotFoundError, match="no allocator state at .*checkpoint-8"):
+    with pytest.raises(FileNotFoundError, match="holds an allocator state"):
         trainer.train(resume_from_checkpoint=True)
 
 
@@ -178,3 +196,55 @@ def test_trainer_without_the_callback_warns_that_ranks_never_move(tmp_path):
     trainer = transformers.Trainer(model=_model(config), args=_args(tmp_path, max_steps=4), train_dataset=_data())
     with pytest.warns(AllocatorNotSteppedWarning, match="ElaLoRACallback"):
         trainer.train()
+
+
+class _Recorder(transformers.TrainerCallback):
+    """A reporting callback (as TensorBoard's and W&B's are): it runs before ElaLoRACallback."""
+
+    def __init__(self):
+        self.lines = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.lines.append(dict(logs))
+
+
+def test_every_training_log_line_carries_the_rank_figures_for_the_reporters(tmp_path):
+    config = _config()
+    recorder, callback = _Recorder(), ElaLoRACallback(config)
+    trainer = transformers.Trainer(model=_model(config), args=_args(tmp_path, logging_strategy="steps", logging_steps=5),
+                                   train_dataset=_data(), callbacks=[recorder, callback])
+    trainer.train()
+    lines = [line for line in recorder.lines if "loss" in line]
+    assert len(lines) == STEPS // 5
+    kinds = {"query", "key", "value", "dense"}
+    for line in lines:
+        assert {f"elalora/mean_rank/{kind}" for kind in kinds} <= set(line), line
+    assert lines[0]["elalora/rounds"] == 0 and lines[-1]["elalora/rounds"] == len(callback.allocator.history) > 0
+    moved = sum(line["elalora/ranks_moved"] for line in lines)
+    assert moved == sum(r.net_moved() for r in callback.allocator.history) > 0
+    assert lines[-1]["elalora/total_rank"] == sum(callback.allocator.history[-1].rank_pattern.values())
+    assert trainer.state.log_history[0]["elalora/total_rank"] == lines[0]["elalora/total_rank"]
+
+
+def test_save_model_writes_the_adapter_folder_that_a_plain_model_loads(tmp_path):
+    from elalora_vit import from_pretrained, unpatch_model
+
+    config = _config()
+    model = _model(config)
+    trainer = transformers.Trainer(model=model, args=_args(tmp_path / "out"), train_dataset=_data(),
+                                   callbacks=[ElaLoRACallback(config)])
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    saved = sorted(p.name for p in (tmp_path / "final").iterdir())
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved, saved
+    assert "elalora_allocator.pt" in saved
+
+    # The same backbone, unpatched (what from_pretrained of a hub name gives): the folder patches it.
+    fresh = unpatch_model(_model(config)).requires_grad_(True)  # as a fresh from_pretrained is
+    loaded = from_pretrained(fresh, tmp_path / "final")
+    trainable = {n.rpartition(".")[0] for n, p in loaded.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert trainable == {"classifier"}  # what was saved trains again, nothing more
+    batch = _full_batch(_data())
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=1e-6)

@@ -81,7 +81,7 @@ def test_export_killed_at_seeded_points_then_rerun_equals_the_uninterrupted_expo
 
 
 def test_an_export_killed_between_its_two_renames_gets_the_old_export_back(tmp_path):
-    from elalora_vit.export.folders import staged_folder
+    from elalora_vit.export.staging import staged_folder
 
     out = tmp_path / "exported"
     (tmp_path / ".exported.old-4242").mkdir()  # what a kill after the first rename leaves
