@@ -9,6 +9,10 @@ changed alone, on the transfer benchmark of ``benchmarks/transfer.py`` (issue 24
     python benchmarks/svd_deficit.py --rank 8 --variants lora peft adalora --tag @8 --out half.jsonl
     python benchmarks/svd_deficit.py --summarise half.jsonl --opponents lora@8 peft@8
 
+    # the second family (structured: counting dots), defaults chosen on digits, reported here
+    python benchmarks/svd_deficit.py --family counting --variants lora peft elalora b0 \\
+        --lrs 3e-3 5e-3 1e-2 2e-2 --seeds 0 1 2 3 4 --out count_w64.jsonl
+
 The protocol is ``transfer.py``'s (digits 0-4 pre-training, digits 5-9 adaptation, 100
 training images, 300 validation images, rank 8 on q, k, v, proj, fc1, fc2, AdamW with the
 training config's defaults, 50 epochs); each variant runs on the same seeds and rates, the
@@ -184,9 +188,9 @@ def applied(changes: dict):
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # b = 0 runs warn that no rank moves: that is the point
-    settings = T.Settings(model=dict(T.FULL_MODEL), rank=args.rank, shots_val=60)
+    settings = T.Settings(model=dict(T.FULL_MODEL), rank=args.rank, shots_val=60, family=args.family)
     settings.model.update(embed_dim=args.width, num_heads=max(1, args.width // 64))
-    data = T.digits_splits(settings.shots_train, settings.shots_val)
+    data = T.task_data(settings.family, settings.shots_train, settings.shots_val)
     backbone, _ = T.pretrained_backbone(settings, data, Path(args.cache_dir), print)
     for seed in args.seeds:
         for lr in args.lrs:
@@ -194,7 +198,7 @@ def run(args) -> None:
                 kind, overrides, changes = VARIANTS[name]
                 with applied(changes):
                     result = T.train_one(kind, overrides, settings, lr, seed, backbone, data)
-                record = {"method": name + args.tag, "width": args.width, "rank": args.rank, "lr": lr, "seed": seed,
+                record = {"method": name + args.tag, "family": args.family, "width": args.width, "rank": args.rank, "lr": lr, "seed": seed,
                           **{k: result[k] for k in ("val_acc", "val_loss", "test_acc", "trainable_params", "seconds")}}
                 with open(args.out, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -242,6 +246,8 @@ def summarise(paths: list[str], lrs: list[float] | None, opponents=("lora", "pef
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=("digits", "counting"), default="digits",
+                   help="the adaptation task (transfer.py --family): digits 5-9 or counting dots")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--variants", nargs="+", default=["lora", "peft", "b0"],

@@ -7,8 +7,12 @@ fine-tuning and a linear probe, on real images, offline, on CPU.
     python benchmarks/transfer.py --ablation       # more ElaLoRA variants (defaults ablation)
     python benchmarks/transfer.py --growth         # how fast each adapter form starts (seconds)
     python benchmarks/transfer.py --width 192      # a wider ViT (pre-training takes ~5 min)
+    python benchmarks/transfer.py --family counting  # the structured family: count the dots
 
-The experiment (scikit-learn's bundled handwritten digits, 8 x 8 grayscale):
+This module is the shared runner; the task families live in ``benchmarks/families/``
+(``digits``: identity of digits 5-9, natural; ``counting``: how many dots, structured).
+Both adapt the same backbone, pre-trained on digits 0-4.  The experiment (scikit-learn's
+bundled handwritten digits, 8 x 8 grayscale; the digits family described):
 
 1. **Pre-training.** A small timm ViT (``vit_tiny_patch16_224`` family: 8 x 8
    input, 2 x 2 patches, width 64, depth 4) learns digits 0-4 (all their
@@ -52,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,9 +70,9 @@ from elalora_vit.train.loop import lr_factor  # noqa: E402
 from elalora_vit.train.methods import final_rank_pattern, setup_method, total_rank, trainable_parameter_count  # noqa: E402
 from elalora_vit.vit import block_index_and_kind  # noqa: E402
 
-PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
-ADAPT_CLASSES = (5, 6, 7, 8, 9)
-DATA_SEED = 0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from families import Split, digits, family  # noqa: E402
+
 PRETRAIN_LR = 2e-3
 
 # The backbone: timm's ViT-Tiny family, shrunk to 8 x 8 digits.
@@ -120,40 +123,17 @@ class Settings:
     shots_val: int = 20
     pretrain_epochs: int = 150
     methods: dict[str, tuple[str, dict]] = field(default_factory=lambda: dict(METHODS))
+    family: str = "digits"
+
+    @property
+    def classes(self) -> int:
+        return family(self.family).CLASSES
 
 
 # ------------------------------------------------------------------------------ data
-@dataclass
-class Split:
-    x: torch.Tensor  # (N, 1, 8, 8), normalised
-    y: torch.Tensor  # (N,), 0 .. classes-1
-
-
-def digits_splits(shots_train: int, shots_val: int) -> dict[str, Split]:
-    """pretrain / pretrain_holdout (digits 0-4), train / val / test (digits 5-9, relabelled 0-4)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(digits.target, dtype=torch.int64)
-    rng = np.random.default_rng(DATA_SEED)
-    index: dict[str, list[int]] = {k: [] for k in ("pretrain", "pretrain_holdout", "train", "val", "test")}
-    for c in range(10):
-        members = rng.permutation(np.flatnonzero(digits.target == c)).tolist()
-        if c in PRETRAIN_CLASSES:
-            cut = len(members) // 10
-            index["pretrain_holdout"] += members[:cut]
-            index["pretrain"] += members[cut:]
-        else:
-            index["train"] += members[:shots_train]
-            index["val"] += members[shots_train : shots_train + shots_val]
-            index["test"] += members[shots_train + shots_val :]
-    pre = images[index["pretrain"]]
-    mean, std = pre.mean(), pre.std()  # normalisation statistics of the pre-training data only
-    relabel = torch.full((10,), -1, dtype=torch.int64)
-    for classes in (PRETRAIN_CLASSES, ADAPT_CLASSES):
-        relabel[list(classes)] = torch.arange(len(classes))
-    return {k: Split((images[v] - mean) / std, relabel[labels[v]]) for k, v in index.items()}
+def task_data(family_name: str, shots_train: int, shots_val: int) -> dict[str, Split]:
+    """The pre-training splits (digits 0-4) and the family's ``train`` / ``val`` / ``test``."""
+    return {**digits.pretraining_splits(), **family(family_name).adaptation_splits(shots_train, shots_val)}
 
 
 # -------------------------------------------------------------------------- backbone
@@ -173,7 +153,7 @@ def pretrained_backbone(settings: Settings, data: dict[str, Split], cache_dir: P
         return saved["state"], saved["info"]
     started = time.time()
     torch.manual_seed(1234)
-    model = make_vit(settings.model, len(PRETRAIN_CLASSES))
+    model = make_vit(settings.model, len(digits.PRETRAIN_CLASSES))
     train = data["pretrain"]
     batch = 64
     steps_per_epoch = math.ceil(len(train.y) / batch)
@@ -238,14 +218,14 @@ def run_config(method: str, overrides: dict, settings: Settings, lr: float, seed
 
 def train_one(kind: str, overrides: dict, settings: Settings, lr: float, seed: int,
               backbone: dict, data: dict[str, Split]) -> dict[str, Any]:
-    """Adapt the pre-trained backbone to digits 5-9 with one method, learning rate and seed."""
+    """Adapt the pre-trained backbone to the family's task with one method, learning rate and seed."""
     started = time.time()
     cfg = run_config(kind, overrides, settings, lr, seed)
     train = data["train"]
     steps_per_epoch = math.ceil(len(train.y) / cfg.optim.batch_size)
     total_steps = steps_per_epoch * cfg.optim.epochs
     torch.manual_seed(seed)
-    model = make_vit(settings.model, len(ADAPT_CLASSES))
+    model = make_vit(settings.model, settings.classes)
     missing, _ = model.load_state_dict(backbone, strict=False)
     assert all(k.startswith("head.") for k in missing), missing
     if kind == "peft-lora":
@@ -356,7 +336,7 @@ def update_growth(settings: Settings, backbone: dict, data: dict[str, Split], lr
     for name, (kind, overrides) in GROWTH_VARIANTS.items():
         cfg = run_config(kind, {**overrides, "warmup": max(steps) + 1}, settings, lr, seed=0)
         torch.manual_seed(0)
-        model = make_vit(settings.model, len(ADAPT_CLASSES))
+        model = make_vit(settings.model, settings.classes)
         model.load_state_dict(backbone, strict=False)
         method = setup_method(model, cfg, total_steps=2 * max(steps) + 2)
         optimizer = torch.optim.AdamW(method.param_groups, lr=lr, weight_decay=cfg.optim.weight_decay)
@@ -537,6 +517,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lrs", nargs="+", type=float, help="the learning-rate grid, the same for every method")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--rank", type=int)
+    parser.add_argument("--family", choices=("digits", "counting"), default="digits",
+                        help="the adaptation task: digits 5-9 (natural, the default) or counting dots (structured); "
+                             "both start from the backbone pre-trained on digits 0-4")
     parser.add_argument("--width", type=int, help="embedding width of the ViT (default 64; heads of width 64)")
     parser.add_argument("--shots-val", type=int, help="validation images per class (default 20; at most ~130)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "elalora-vit-transfer"),
@@ -563,6 +546,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
             raise SystemExit(f"unknown method(s) {unknown}; choose from {list(methods)}")
         methods = {m: methods[m] for m in args.methods}
     settings.methods = methods
+    settings.family = args.family
     for name in ("seeds", "lrs"):
         if getattr(args, name):
             setattr(settings, name, tuple(getattr(args, name)))
@@ -583,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     settings = build_settings(args)
     started = time.time()
-    data = digits_splits(settings.shots_train, settings.shots_val)
+    data = task_data(settings.family, settings.shots_train, settings.shots_val)
     backbone, pretrain = pretrained_backbone(settings, data, Path(args.cache_dir), print)
     if args.growth:
         growth = update_growth(settings, backbone, data)
@@ -594,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.json:
             Path(args.json).write_text(json.dumps({"growth": growth, "width_ratios": ratios, "machine": _machine()}, indent=2))
         return {"growth": growth, "width_ratios": ratios}
-    print(f"adaptation: digits 5-9, {len(data['train'].y)} train / {len(data['val'].y)} val / "
+    print(f"adaptation: {family(settings.family).DESCRIPTION}, {len(data['train'].y)} train / {len(data['val'].y)} val / "
           f"{len(data['test'].y)} test images; rank {settings.rank}; lr grid {list(settings.lrs)}; "
           f"seeds {list(settings.seeds)}; {settings.epochs} epochs of batch {settings.batch_size}")
     runs = []
@@ -619,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "settings": {
             "model": settings.model, "rank": settings.rank, "lrs": list(settings.lrs), "seeds": list(settings.seeds),
             "epochs": settings.epochs, "batch_size": settings.batch_size, "shots_train": settings.shots_train,
-            "shots_val": settings.shots_val, "quick": args.quick,
+            "shots_val": settings.shots_val, "quick": args.quick, "family": settings.family,
             "defaults": TrainConfig().adapter.__dict__,
         },
         "machine": _machine(),

@@ -125,6 +125,7 @@ class TrainConfig:
     output_dir: str = "runs/{task}/{method}/seed{seed}"
     eval_every: int = 0  # epochs between evaluations; 0 evaluates at the end only
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    checkpoint_every: int = 1  # epochs between checkpoints; the last epoch always gets one; 0: the last only
     progress: bool = True
     log_to: str = "none"  # none | tensorboard | wandb: also log scalars, ranks and figures there
     compile: bool = False  # torch.compile the model (shapes never change: traced once, rounds and all)
@@ -165,6 +166,8 @@ class TrainConfig:
         check_value(self.optim.warmup_epochs >= 0, "optim.warmup_epochs", self.optim.warmup_epochs, "a number >= 0")
         check_value(self.optim.grad_clip >= 0, "optim.grad_clip", self.optim.grad_clip, "a number >= 0 (0 disables)")
         check_value(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0")
+        check_value(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
+                    "an integer >= 0 (0: a checkpoint after the last epoch only)")
         check_value(self.adapter.lr_multiplier > 0, "adapter.lr_multiplier", self.adapter.lr_multiplier, "a number > 0")
         if self.data.image_size is not None:
             _positive_int("data.image_size", self.data.image_size)

@@ -136,14 +136,17 @@ class RankAllocator:
         return torch.cat([layer.rank_mask.detach().cpu() for layer in self.layers])[self._rows]
 
     # ------------------------------------------------------------------- step
-    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False) -> RoundRecord | None:
+    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False,
+             finite_checked: bool = False) -> RoundRecord | None:
         """Advance one optimizer step: update importance, and run a round when one is due.
 
         ``optimizer`` is needed to reset the moments of the slots a round changes;
         without it the optimizer state of changed slots is left stale.
         ``skipped=True`` says the training loop skipped this step (a non-finite loss
         or gradient anywhere): the clock advances, the scores learn nothing from it.
-        Returns the round's record, or None when no round ran.
+        ``finite_checked=True`` says the loop has already found this step's gradients
+        finite, so the scores skip their own check (a read of a device value, which stalls
+        the host until the GPU drains).  Returns the round's record, or None when no round ran.
 
         Under gradient accumulation with accelerate (``accelerator.accumulate(model)``),
         pass the prepared optimizer: on micro-batches where it did not step
@@ -153,7 +156,7 @@ class RankAllocator:
         gradient_state = getattr(optimizer, "gradient_state", None)  # accelerate's AcceleratedOptimizer
         if gradient_state is not None and not gradient_state.sync_gradients:
             return None
-        t = self._advance(skipped)
+        t = self._advance(skipped, finite_checked)
         if not is_adjustment_step(t, self.total_steps, self.config):
             return None
         b = ranks_to_move(t, self.total_steps, self.config)
@@ -169,7 +172,7 @@ class RankAllocator:
             counts.allocator_steps = self.step_count
             counts.rounds = len(self.history)
 
-    def _advance(self, skipped: bool) -> int:
+    def _advance(self, skipped: bool, finite_checked: bool = False) -> int:
         """Count one step and fold its gradients into the scores (unless not finite)."""
         self.step_count += 1
         t = self.step_count
@@ -180,7 +183,8 @@ class RankAllocator:
                 "gradient accumulation, optimizer steps, not micro-batches: step the allocator only when the "
                 "optimizer stepped)", StepsPastScheduleWarning, stacklevel=3)
         self._publish_counts()
-        if scores_are_updated(t, self.total_steps, self.config) and (skipped or not self.tracker.update()):
+        if scores_are_updated(t, self.total_steps, self.config) and (
+                skipped or not self.tracker.update(check_finite=not finite_checked)):
             self.skipped_steps += 1
         return t
 
@@ -403,8 +407,9 @@ class AdaLoRAAllocator(RankAllocator):
         extra = self.initial_total_rank - self.target_total_rank
         return self.target_total_rank + int(extra * (1.0 - progress) ** 3)
 
-    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False) -> RoundRecord | None:
-        t = self._advance(skipped)
+    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False,
+             finite_checked: bool = False) -> RoundRecord | None:
+        t = self._advance(skipped, finite_checked)
         last_adjust = self.total_steps - self.config.stabilize_steps
         due = is_adjustment_step(t, self.total_steps, self.config) or t == last_adjust
         if not due or t <= self.config.warmup_steps:

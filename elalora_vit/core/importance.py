@@ -42,17 +42,18 @@ class ImportanceTracker:
         self.ubar = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
 
     @torch.no_grad()
-    def update(self) -> bool:
+    def update(self, check_finite: bool = True) -> bool:
         """Fold the current gradients into the EMAs.
 
         Returns False, and changes nothing, when any gradient is not finite
-        (an fp16 overflow, a bad batch).  Parameters without a gradient count
-        as having a zero gradient.
+        (an fp16 overflow, a bad batch); ``check_finite=False`` skips that check, for a
+        caller that has checked the gradients already.  Parameters without a gradient
+        count as having a zero gradient.
         """
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         sensitivity = torch._foreach_mul(self.params, grads)  # I_t = |w * g|
         torch._foreach_abs_(sensitivity)
-        if not bool(torch.stack(torch._foreach_max(sensitivity)).isfinite().all()):
+        if check_finite and not bool(torch.stack(torch._foreach_max(sensitivity)).isfinite().all()):
             return False
         # lerp(a, b, w) = a + w (b - a) = (1 - w) a + w b: each EMA in one pass over memory.
         torch._foreach_lerp_(self.ibar, sensitivity, 1 - self.beta1)

@@ -68,9 +68,10 @@ def finite_on_every_process(loss, grad_norm, model, accelerator) -> bool:
     if grad_norm is None:
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    ok = bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(grad_norm))
-    failed = accelerator.reduce(torch.tensor(float(not ok), device=accelerator.device), reduction="sum")
-    return float(failed) == 0
+    # One read of a device value per step: the flag is computed, and summed over processes, on the device.
+    bad = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float().reshape(())
+    failed = accelerator.reduce(bad.to(accelerator.device), reduction="sum")
+    return not bool(failed)
 
 
 @torch.no_grad()

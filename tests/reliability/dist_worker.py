@@ -57,11 +57,11 @@ def install_core_faults(nan_loss_at: int | None, nan_loss_on: int | None, skew_s
                 loss = loss + torch.tensor(float("nan"))  # the loss is NaN, its gradient is not
         return loss
 
-    def step(self, optimizer=None, *, skipped=False):
+    def step(self, optimizer=None, *, skipped=False, **kwargs):
         grads = [p.grad for layer in self.layers for p in (layer.lora_A, layer.lora_theta, layer.lora_B)]
         finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
         snapshots["steps"].append({"skipped": bool(skipped), "grads_finite": finite})
-        return original_step(self, optimizer, skipped=skipped)
+        return original_step(self, optimizer, skipped=skipped, **kwargs)
 
     def scores(self):
         local = original_scores(self)

@@ -51,10 +51,10 @@ def test_rounds_give_changed_slots_fresh_moments_and_leave_the_rest(folder_root,
     rounds = []
     original = RankAllocator.step
 
-    def step(self, optimizer=None, *, skipped=False):
+    def step(self, optimizer=None, *, skipped=False, **kwargs):
         trained_by = stepped[-1]  # the run's AdamW, whatever the loop passes on
         before = _state(self, trained_by)
-        record = original(self, optimizer, skipped=skipped)
+        record = original(self, optimizer, skipped=skipped, **kwargs)
         if record is not None:
             rounds.append((record, before, _state(self, trained_by)))
         return record

@@ -192,3 +192,24 @@ def test_lr_schedule_warms_up_then_decays():
     assert factor(99) < 0.01
     linear = lr_factor(load_config(None, {"optim.warmup_epochs": 0, "optim.lr_schedule": "linear"}), 10, 100)
     assert linear(50) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("every, expected", [(1, [1, 2, 3]), (2, [2, 3]), (0, [3])])
+def test_checkpoints_come_every_n_epochs_and_after_the_last(every, expected, folder_root, tmp_path, monkeypatch):
+    from elalora_vit.train import loop
+
+    written = []
+    save = loop.save_run_checkpoint
+    monkeypatch.setattr(loop, "save_run_checkpoint", lambda path, cfg, state, acc: (written.append(state.epoch),
+                                                                                    save(path, cfg, state, acc)))
+    out = tmp_path / f"every{every}"
+    train(load_config(None, tiny_overrides(folder_root, out, method="lora", checkpoint_every=every)))
+    assert written == expected
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 3
+
+
+def test_a_stop_between_checkpoints_still_writes_one(folder_root, tmp_path):
+    out = tmp_path / "stopped"
+    cfg = load_config(None, tiny_overrides(folder_root, out, method="lora", checkpoint_every=5))
+    assert train(cfg, stop_after_epoch=1) == {"interrupted_after_epoch": 1}
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
