@@ -87,8 +87,22 @@ TARGETS: dict[str, list[str]] = {
 # GPT-2's projections are transformers Conv1D layers (weights stored as (in, out)); c_attn is
 # the fused q, k, v (split it with split={"attn.c_attn": ["q", "k", "v"]}).
 TARGETS["gpt2"] = ["*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj"]
+# Vision models as transformers 5 writes them (ViT, DeiT, DINOv2, Swin): q/k/v/o_proj and
+# mlp.fc1/fc2 (Swin's patch-merging `downsample.reduction` is left out, as timm presets leave
+# out patch embeddings). transformers 4 spelled them attention.attention.query, ...: pass
+# those names to patch_model there.
+TARGETS["vit"] = ["*.attention.q_proj", "*.attention.k_proj", "*.attention.v_proj", "*.attention.o_proj",
+                  "*.mlp.fc1", "*.mlp.fc2"]
+TARGETS["distilbert"] = ["*.attention.q_lin", "*.attention.k_lin", "*.attention.v_lin", "*.attention.out_lin",
+                         "*.ffn.lin1", "*.ffn.lin2"]
+# T5: self-attention, the decoder's cross-attention and the feed-forward block (wi, or the gated
+# wi_0 and wi_1 of T5 v1.1 and mT5).
+TARGETS["t5"] = ["*.SelfAttention.q", "*.SelfAttention.k", "*.SelfAttention.v", "*.SelfAttention.o",
+                 "*.EncDecAttention.q", "*.EncDecAttention.k", "*.EncDecAttention.v", "*.EncDecAttention.o",
+                 "*.DenseReluDense.wi*", "*.DenseReluDense.wo"]
 for _alias, _same in {"roberta": "bert", "xlm-roberta": "bert", "electra": "bert",
-                      "mistral": "llama", "qwen2": "llama", "gemma": "llama"}.items():
+                      "mistral": "llama", "qwen2": "llama", "gemma": "llama",
+                      "deit": "vit", "dinov2": "vit", "swin": "vit", "mt5": "t5"}.items():
     TARGETS[_alias] = TARGETS[_same]
 
 
