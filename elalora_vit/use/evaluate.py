@@ -35,11 +35,12 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Top-1 accuracy (%) of a finished run on ``split`` (default: the run's eval split).
 
-    ``run`` is a run folder or a :class:`RunModel` from :func:`load_run`. The data
+    ``run`` is a run folder (loaded with its adapters merged: the base model's inference
+    cost) or a :class:`RunModel` from :func:`load_run`. The data
     arguments default to the run's own (``config.yaml``). With ``write``, the
     result also goes to ``<run folder>/eval-<split>.json``.
     """
-    run = run if isinstance(run, RunModel) else load_run(run)
+    run = run if isinstance(run, RunModel) else load_run(run, merge=True)
     cfg = run.config
     split = split or cfg.data.eval_split
     dataset = split_dataset(run, split, source=source, data_dir=data_dir, tfds_dir=tfds_dir)

@@ -54,7 +54,7 @@ def predict_images(
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    run = run if isinstance(run, RunModel) else load_run(run)
+    run = run if isinstance(run, RunModel) else load_run(run, merge=True)
     preprocess = run.preprocess
     results, inputs = [], []
     for index, image in enumerate(images):

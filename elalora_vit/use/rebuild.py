@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ..core import check_backbone_fingerprint, load_adapters, read_adapter_metadata
+from ..core import check_backbone_fingerprint, load_adapters, merge_adapters, read_adapter_metadata
 from ..data import Preprocess, resolve_task
 from ..train import RunFiles, TrainConfig
 from ..config import ADAPTER_METHODS
@@ -69,11 +69,15 @@ class RunModel:
         return names[index] if names and index < len(names) else str(index)
 
 
-def load_run(run_dir: str | os.PathLike, *, check_backbone: bool = True) -> RunModel:
+def load_run(run_dir: str | os.PathLike, *, check_backbone: bool = True, merge: bool = False) -> RunModel:
     """Rebuild the model of the finished run in ``run_dir``, in eval mode, on the CPU.
 
     Like training, it seeds the global random generators with the run's seed
-    (``accelerate.utils.set_seed``) before building the backbone.
+    (``accelerate.utils.set_seed``) before building the backbone. With ``merge``, the
+    adapters are folded into the base weights (``merge_adapters``): inference then costs
+    what the base model's costs, and the logits equal the unmerged ones to float rounding;
+    ``evaluate`` and ``predict`` load runs so. A merged model is for inference only (its
+    adapters get no gradient; export it with ``export_run``, which loads the run itself).
 
     Raises:
         RunError: no such folder, no ``config.yaml``, or no finished model in it.
@@ -98,6 +102,8 @@ def load_run(run_dir: str | os.PathLike, *, check_backbone: bool = True) -> RunM
     heads = head_module_names(model)
     if cfg.method in ADAPTER_METHODS:
         load_adapters(model, weights, check_backbone=check_backbone)
+        if merge:
+            merge_adapters(model)
     else:
         load_trained_weights(model, weights, heads, check_backbone=check_backbone)
     model.eval()

@@ -78,3 +78,40 @@ def test_each_method_writes_the_files_train_help_lists(finished_runs, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for name in sorted(ranked | {"trained.safetensors", "eval-<split>.json"}):
         assert name in text
+
+
+def test_evaluate_and_predict_run_on_merged_adapters_with_the_unmerged_logits(finished_runs, monkeypatch):
+    """The commands load runs with the adapters folded into W0 (the base model's cost); the
+    logits are the unmerged model's to float rounding."""
+    import torch
+
+    from elalora_vit import adapted_layers
+    from elalora_vit.use import evaluate as evaluate_module
+
+    run_dir = finished_runs["elalora"]
+    merged, unmerged = load_run(run_dir, merge=True), load_run(run_dir)
+    layers = [layer for _, layer in adapted_layers(merged.model)]
+    assert layers and all(layer.merged for layer in layers)
+    assert not any(layer.merged for _, layer in adapted_layers(unmerged.model))
+    x = torch.randn(4, 3, merged.image_size, merged.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.model(x), unmerged.model(x), rtol=1e-5, atol=1e-5)
+
+    seen = []
+    real = evaluate_module.run_predictions
+    monkeypatch.setattr(evaluate_module, "run_predictions",
+                        lambda run, *a, **k: seen.append(run) or real(run, *a, **k))
+    assert main(["evaluate", str(run_dir)]) == 0
+    assert all(layer.merged for _, layer in adapted_layers(seen[0].model))
+
+    from PIL import Image
+
+    from elalora_vit.use import predict as predict_module
+
+    image = run_dir.parent / "a.png"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(image)
+    real_probabilities = predict_module._probabilities
+    monkeypatch.setattr(predict_module, "_probabilities",
+                        lambda run, *a: seen.append(run) or real_probabilities(run, *a))
+    assert main(["predict", str(run_dir), str(image)]) == 0
+    assert all(layer.merged for _, layer in adapted_layers(seen[-1].model))
