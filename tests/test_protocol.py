@@ -29,6 +29,7 @@ def test_a_run_records_its_protocol(tmp_path):
     assert protocol["backbone.name"] == "vit_tiny_patch16_224" and protocol["backbone.sha256"] is None
     assert protocol["optim.epochs"] == 1 and protocol["optim.batch_size"] == 8
     assert protocol["optim.lr_schedule"].startswith("cosine")
+    assert protocol["precision"] == "fp32"  # precision auto, as this CPU ran it
     assert set(protocol) >= {"versions.torch", "versions.timm", "versions.elalora_vit", "input.mean", "input.std"}
     task = get_task("eurosat")
     assert protocol["data.eval_fingerprint"] == split_fingerprint(task, "test", "folder", data)
@@ -116,3 +117,14 @@ def test_results_without_a_protocol_report_as_unrecorded_and_do_not_mix_with_rec
     write_result(tmp_path / "old", "dtd", "elalora", 0, 61.0)
     with pytest.raises(ProtocolMismatch, match="unrecorded vs recorded"):
         collect_results(tmp_path / "old")
+
+
+def test_the_protocol_records_the_precision_the_machine_ran(monkeypatch):
+    """``precision: auto`` is bf16 on a CUDA GPU and fp32 elsewhere: the protocol says which,
+    so runs of one config on a GPU and on a CPU are not averaged as one protocol."""
+    from elalora_vit.train import runtime
+
+    assert runtime.resolve_precision("auto") == "fp32"  # this CPU machine
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime.torch.cuda, "is_bf16_supported", lambda: True)
+    assert runtime.resolve_precision("auto") == "bf16" and runtime.resolve_precision("fp16") == "fp16"

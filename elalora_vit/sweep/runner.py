@@ -22,6 +22,7 @@ from typing import Sequence
 from ..storage.files import atomic_write_json
 from ..train import RunInUse, train
 from ..train.loop import run_folder_lock
+from ..train.runtime import main_process_decides
 from .formatting import one_line
 from .plan import FAILED, SweepRun
 
@@ -72,7 +73,9 @@ def run_sweep(runs: Sequence[SweepRun], *, report_dir: str | Path | None = None)
     summary = SweepSummary()
     main = is_main_process()
     for number, run in enumerate(runs, 1):
-        if run.status() == "done":
+        # Under a multi-process launch, what the main process finds decides for all of them
+        # (here and under the run's lock), so every process trains the same runs together.
+        if main_process_decides(run.status() == "done"):
             summary.skipped.append(run.name)
             continue
         try:
@@ -108,7 +111,7 @@ def run_sweep(runs: Sequence[SweepRun], *, report_dir: str | Path | None = None)
 def _train_run(run: SweepRun, number: int, count: int, main: bool, summary: SweepSummary) -> dict | None:
     """Train one run whose folder this process holds; its result, or None when it was
     finished meanwhile (counted as skipped) or failed (recorded)."""
-    if run.status() == "done":  # finished by another process between the first look and the lock
+    if main_process_decides(run.status() == "done"):  # finished by another process between the first look and the lock
         summary.skipped.append(run.name)
         return None
     if main:
@@ -118,7 +121,7 @@ def _train_run(run: SweepRun, number: int, count: int, main: bool, summary: Swee
     try:
         # Resume what has a checkpoint; start anything else afresh, replacing the files of an
         # attempt that died before its first checkpoint.
-        resume = run.files.checkpoint.is_file()
+        resume = main_process_decides(run.files.checkpoint.is_file())
         return train(run.config, resume=resume, overwrite=not resume)
     except Exception as err:  # one broken run must not stop the others; Ctrl-C still does
         message = _one_line(err)

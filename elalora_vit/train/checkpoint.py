@@ -43,9 +43,34 @@ class CheckpointError(ValueError):
     """A checkpoint that is unreadable, foreign, or from a different run."""
 
 
+def non_finite_tensors(tensors: Any) -> list[str]:
+    """Names of the floating tensors of a ``{name: tensor}`` mapping holding NaN or inf (one
+    read of a device value for all of them; names only when there is one)."""
+    if not isinstance(tensors, dict):
+        return []
+    floats = {k: t for k, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()}
+    if not floats or bool(torch.stack([t.isfinite().all() for t in floats.values()]).all()):
+        return []
+    return [k for k, t in floats.items() if not bool(t.isfinite().all())]
+
+
+def _non_finite_text(names: list[str]) -> str:
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{len(names)} weight tensor(s) holding NaN or inf ({shown})"
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` so that ``path`` is always either the old or the new
-    complete checkpoint, never a partial one (see :func:`~elalora_vit.storage.files.atomic_write`)."""
+    complete checkpoint, never a partial one (see :func:`~elalora_vit.storage.files.atomic_write`).
+
+    Raises:
+        CheckpointError: the trained weights (``state["model"]``) hold NaN or inf; nothing is
+            written, so the previous checkpoint stays the one a resume starts from.
+    """
+    bad = non_finite_tensors(state.get("model"))
+    if bad:
+        raise CheckpointError(f"not writing {path}: the model has {_non_finite_text(bad)}, so training has diverged; "
+                              f"the previous checkpoint, if any, is intact: lower optim.lr and resume or start afresh")
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -72,6 +97,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                               + OLD_FORMATS[found])
     if found != FORMAT:
         raise CheckpointError(f"{path} is not an elalora-vit training checkpoint")
+    bad = non_finite_tensors(state.get("model"))
+    if bad:
+        raise CheckpointError(f"checkpoint {path} has {_non_finite_text(bad)}: resuming would continue a diverged "
+                              "model; delete it to start the run afresh")
     return state
 
 

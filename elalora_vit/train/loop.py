@@ -47,7 +47,8 @@ from .protocol import run_protocol
 from .resume import resume_from, save_run_checkpoint
 from .run_files import RunFiles
 from .run_folder import FINISHED, NOTHING_TO_RESUME, OVERWRITE, RESUME, clear_run_files, run_folder_action
-from .runtime import create_accelerator, evaluate, finite_on_every_process, postfix, process_logger, progress_bar
+from .runtime import (create_accelerator, evaluate, finite_on_every_process, main_process_decides, postfix,
+                      process_logger, progress_bar)
 from .state import RunState
 from .tracking import make_tracker
 
@@ -91,30 +92,35 @@ def train(
 
 @contextlib.contextmanager
 def run_folder_lock(files: RunFiles) -> Iterator[None]:
-    """Hold the run folder's lock (``core/lock.py``) for the whole run, so a second process
+    """Hold the run folder's lock (``storage/lock.py``) for the whole run, so a second process
     never resumes, overwrites or deletes it; a folder it created for a run that then wrote
-    nothing is removed again.  Taken by the main process of a distributed run
-    only: its other processes work under the main one's lock.
+    nothing is removed again.  In a distributed run the main process takes it for all of
+    them and tells the others whether it got it, so a launch whose folder is held stops on
+    every process at once.
 
     Raises:
         RunInUse: another live process holds the folder.
     """
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield
-        return
-    existed = files.root.exists()
-    try:
-        lock = FolderLock(files.root, "training").acquire()
-    except FolderLocked as err:
-        raise RunInUse(f"{err}; this run was left untouched") from None
-    except LockUnavailable as err:
-        raise TrainingError(f"{err}: the output folder must be writable") from None
+    main = int(os.environ.get("RANK", "0")) == 0
+    existed, lock, refusal = files.root.exists(), None, None
+    if main:
+        try:
+            lock = FolderLock(files.root, "training").acquire()
+        except FolderLocked as err:
+            refusal = ("in use", f"{err}; this run was left untouched")
+        except LockUnavailable as err:
+            refusal = ("unavailable", f"{err}: the output folder must be writable")
+    refusal = main_process_decides(refusal)
+    if refusal is not None:
+        kind, message = refusal
+        raise (RunInUse if kind == "in use" else TrainingError)(message) from None
     try:
         yield
     finally:
-        if not existed:  # a run stopped before it wrote anything leaves no folder behind
-            lock.remove_folder_if_empty()
-        lock.release()
+        if lock is not None:
+            if not existed:  # a run stopped before it wrote anything leaves no folder behind
+                lock.remove_folder_if_empty()
+            lock.release()
 
 
 def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ..data.fingerprint import FORMATS, split_fingerprint
 from ..vit import resolve_data_config
 from ..vit.facts import head_names_present
 from ..config import TrainConfig
+from .runtime import resolve_precision
 
 TASK_KEYS = ("data.train_fingerprint", "data.eval_fingerprint")
 """Keys that differ between tasks by nature; compared within a task only."""
@@ -55,7 +56,7 @@ def run_protocol(cfg: TrainConfig, model: nn.Module, task: Any) -> dict[str, Any
         "optim.epochs": o.epochs,
         "optim.batch_size": o.batch_size,
         "optim.lr_schedule": f"{o.lr_schedule}, {o.warmup_epochs:g} warm-up epochs, min lr {o.min_lr:g}",
-        "precision": cfg.precision,
+        "precision": resolve_precision(cfg.precision),  # as this machine ran it: auto is bf16 or fp32
         **package_versions(),
     }
     return protocol

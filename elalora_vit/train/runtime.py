@@ -4,6 +4,7 @@ check that a step is finite on every process, evaluation, and the progress bar."
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -27,6 +28,27 @@ def create_accelerator(precision: str):
         torch.backends.cudnn.allow_tf32 = True
     AcceleratorState._reset_state()  # keeps the distributed (process group) state
     return Accelerator(mixed_precision=_mixed_precision(precision), cpu=cpu)
+
+
+def main_process_decides(value):
+    """``value`` as the main process has it, on every process of a multi-process launch
+    (``WORLD_SIZE`` > 1: torchrun, accelerate launch; the launch's process group is joined
+    through accelerate, as the run joins it later); ``value`` itself in a single process.
+    What only the main process may find out (whether it holds a run folder's lock, whether
+    a run is finished) must be one decision for all, or the processes would part ways: one
+    skipping a run while another trains it, each averaging gradients with the wrong run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return value
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    # The device choice must be the one create_accelerator makes (CPU exactly when there is
+    # no CUDA GPU): a process group joined for another device leaves Accelerator(cpu=...)
+    # seeing a single process.
+    PartialState(cpu=not torch.cuda.is_available())
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def resolve_precision(precision: str) -> str:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 
 from elalora_vit.cli import main
 from elalora_vit.storage.lock import LOCK_NAME, FolderLock
@@ -71,3 +73,70 @@ def test_train_on_a_folder_in_use_stops_and_leaves_it_untouched(tmp_path, data_r
     after = {p: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME}
     assert after == before  # --overwrite deleted nothing
     FolderLock(run).acquire().release()  # and the dead holder's lock is free
+
+
+def _hold(folder: Path) -> subprocess.Popen:
+    """A process holding ``folder``'s lock until killed (started once it holds it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom elalora_vit.storage.lock import FolderLock\n"
+        "lock = FolderLock(sys.argv[1], 'training').acquire()\nprint('held', flush=True)\ntime.sleep(300)"),
+        str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_multi_process_sweep_skips_a_run_held_elsewhere_on_every_process(tmp_path, data_root):
+    """Under torchrun only the main process takes a run's lock; what it finds (held elsewhere,
+    done) decides for all processes, so they skip and train the same runs together. Were the
+    other process left to decide alone, it would train the held run while the main one trains
+    the next, their gradients averaged across two runs: the next run would differ from the
+    same run trained alone."""
+    from safetensors.torch import load_file
+
+    from tests.reliability.conftest import run_torchrun
+
+    def sweep(output: Path, *seeds: str) -> list[str]:
+        return ["-m", "elalora_vit.cli", "vtab-sweep", "--tasks", "dtd", "--methods", "elalora", "--seeds", *seeds,
+                "--output", str(output), "--no-progress", *cli_set_flags(data_root)]
+
+    alone = run_torchrun(sweep(tmp_path / "alone", "1"), tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    held = tmp_path / "shared" / "dtd" / "elalora" / "seed0"
+    holder = _hold(held)
+    try:
+        done = run_torchrun(sweep(tmp_path / "shared", "0", "1"), tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dtd/elalora/seed0: running elsewhere" in done.stderr + done.stdout
+    assert sorted(p.name for p in held.iterdir()) == [LOCK_NAME]  # untouched
+    ours = load_file(str(tmp_path / "shared" / "dtd" / "elalora" / "seed1" / "adapter.safetensors"))
+    reference = load_file(str(tmp_path / "alone" / "dtd" / "elalora" / "seed1" / "adapter.safetensors"))
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+    # and both were real two-process runs: each step took a batch per process
+    import json
+    import math
+
+    images = len((data_root / "dtd" / "train800val200.txt").read_text().splitlines())
+    steps = json.loads((tmp_path / "shared" / "dtd" / "elalora" / "seed1" / "result.json").read_text())["steps"]
+    assert steps == 2 * math.ceil(images / (2 * 16))  # 2 epochs of batch 16 per process
+
+
+def test_a_multi_process_train_on_a_held_folder_stops_every_process_at_once(tmp_path, data_root):
+    from tests.reliability.conftest import run_torchrun
+
+    run = tmp_path / "run"
+    holder = _hold(run)
+    try:
+        done = run_torchrun(["-m", "elalora_vit.cli", "train", "--task", "dtd", "--output", str(run), "--no-progress",
+                             *cli_set_flags(data_root)], tmp_path, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0
+    # both processes stop with the same one-line error, before either builds anything
+    assert done.stderr.count(f"{run} is in use by process {holder.pid}") == 2, done.stderr[-3000:]
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]

@@ -85,6 +85,11 @@ HOSTILE_CHECKPOINTS = {
         "does not fit this run",
     ),
     "a missing part": (lambda run, marker: tampered(run, lambda s: s.pop("optimizer")), "does not fit this run"),
+    "a NaN weight": (
+        lambda run, marker: tampered(run, lambda s: next(t for t in s["model"].values() if t.is_floating_point())
+                                     .view(-1)[0].fill_(float("nan"))),
+        r"1 weight tensor\(s\) holding NaN or inf .*would continue a diverged model",
+    ),
 }
 
 
@@ -103,6 +108,24 @@ def test_hostile_checkpoint_is_refused_and_changes_nothing(kind, stopped_run, ta
     assert str(checkpoint) in str(refused.value)
     assert snapshot(out) == before
     assert not marker.exists()
+
+
+def test_a_diverged_model_is_never_written_over_the_last_good_checkpoint(stopped_run, tmp_path):
+    from elalora_vit.train.checkpoint import save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(stopped_run / "checkpoint.pt", path)
+    before = path.read_bytes()
+    state = good_state(stopped_run)
+    state.pop("format")
+    name = next(k for k, t in state["model"].items() if t.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("inf"))
+    with pytest.raises(CheckpointError, match=rf"not writing {path}: .*\({name}\).*previous checkpoint, if any, is intact"):
+        save_checkpoint(path, state)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    state["model"][name].fill_(0.5)
+    save_checkpoint(path, state)  # finite again: written
+    assert path.read_bytes() != before
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
