@@ -4,7 +4,8 @@ changed alone, on the transfer benchmark of ``benchmarks/transfer.py`` (issue 24
     python benchmarks/svd_deficit.py --width 64 --variants lora peft b0 b0-theta-grad \\
         --lrs 5e-3 7e-3 1e-2 --seeds 0 1 2 3 4 --out w64.jsonl       # ~8 s per run on one core
     python benchmarks/svd_deficit.py --summarise w64.jsonl             # the table, paired 95% intervals
-    # the paper's headline: ElaLoRA at rank r against the others at rank 2 r (tags keep them apart)
+    # the paper's headline: ElaLoRA at rank r against the others at rank 2 r (tags keep them apart;
+    # benchmarks/half_rank.py does all of it in one command)
     python benchmarks/svd_deficit.py --rank 4 --variants elalora --tag @4 --out half.jsonl
     python benchmarks/svd_deficit.py --rank 8 --variants lora peft adalora --tag @8 --out half.jsonl
     python benchmarks/svd_deficit.py --summarise half.jsonl --opponents lora@8 peft@8

@@ -68,3 +68,19 @@ def test_the_runner_adapts_to_the_counting_family(tmp_path):
     assert result["settings"]["family"] == "counting"
     assert {r["method"] for r in result["summary"]} == {"lora", "elalora"}
     assert all(r["steps"] > 0 and 0 <= r["test_acc"] <= 100 for r in result["runs"])
+
+
+def test_the_half_rank_benchmark_pits_rank_r_against_2r_in_one_command(tmp_path, capsys):
+    import json
+
+    import half_rank
+
+    out = tmp_path / "half.jsonl"
+    half_rank.main(["--quick", "--family", "counting", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    ranks = {r["method"]: r["rank"] for r in runs}
+    assert ranks == {"elalora@2": 2, "lora@4": 4, "peft@4": 4, "adalora@4": 4}
+    params = {r["method"]: r["trainable_params"] for r in runs}
+    assert params["elalora@2"] < params["lora@4"] == params["peft@4"]
+    printed = capsys.readouterr().out
+    assert "ElaLoRA at rank 2 against the others at rank 4" in printed and "| elalora@2 |" in printed
