@@ -32,7 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # What a test run needs from the checkout (tests read README.md, benchmarks/, configs/).
-COPIED = ("elalora_vit", "tests", "benchmarks", "configs", "README.md", "BENCHMARKS.md", "pyproject.toml")
+COPIED = ("elalora_vit", "tests", "benchmarks", "configs", "docs", "tools", "README.md", "BENCHMARKS.md", "mkdocs.yml",
+          "pyproject.toml")
 
 
 @dataclass(frozen=True)

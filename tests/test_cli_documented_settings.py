@@ -26,7 +26,9 @@ def _shell_lines(text: str) -> list[str]:
 
 
 def _documented_commands() -> list[tuple[str, list[str]]]:
-    sources = {"README.md": (REPO / "README.md").read_text(), "cli.EXAMPLES": EXAMPLES + SWEEP_EXAMPLES}
+    from tests.docs_pages import pages_text
+
+    sources = {"docs": pages_text(), "cli.EXAMPLES": EXAMPLES + SWEEP_EXAMPLES}
     for path in [REPO / "configs" / "default.yaml", REPO / "configs" / "quickstart-digits.yaml",
                  *sorted((REPO / "configs" / "vtab").glob("*.yaml"))]:
         sources[str(path.relative_to(REPO))] = path.read_text()
@@ -47,7 +49,7 @@ DOCUMENTED = _documented_commands()
 def test_the_documented_commands_are_found():
     kinds = {argv[0] for _, argv in DOCUMENTED}
     places = {where for where, _ in DOCUMENTED}
-    assert kinds == set(COMMANDS) and {"README.md", "cli.EXAMPLES", "configs/vtab/dtd.yaml"} <= places
+    assert kinds == set(COMMANDS) and {"docs", "cli.EXAMPLES", "configs/vtab/dtd.yaml"} <= places
     assert len(DOCUMENTED) > 30 and ["train", "--task", "cifar100", "--rank", "8"] in [a for _, a in DOCUMENTED]
 
 

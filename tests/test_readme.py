@@ -1,27 +1,41 @@
-"""The README's Python examples run as written."""
+"""The Python examples of README.md and of the guides (docs/*.md) run as written."""
 
 import re
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.docs_pages import PAGES, README, REPO, page_name
+
+API_GUIDE = REPO / "docs" / "python-api.md"
 
 
-def _python_blocks():
-    # indented blocks (inside list items) too, with their indentation removed
-    blocks = re.findall(r"^( *)```python\n(.*?)^\1```", README.read_text(), flags=re.S | re.M)
-    return [re.sub(rf"^{indent}", "", body, flags=re.M) for indent, body in blocks]
+def _python_blocks(page: Path | None = None):
+    """The python blocks of one page, or of every page in order; indented blocks (inside list
+    items) too, with their indentation removed."""
+    pages = [page] if page else PAGES
+    found = []
+    for path in pages:
+        blocks = re.findall(r"^( *)```python\n(.*?)^\1```", path.read_text(), flags=re.S | re.M)
+        found += [re.sub(rf"^{indent}", "", body, flags=re.M) for indent, body in blocks]
+    return found
 
 
 def _run(block: str, namespace: dict) -> None:
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs", "exec"), namespace)
 
 
-def test_python_api_example_runs(tmp_path, monkeypatch):
+def _example() -> str:
+    """The complete example the other fragments continue: the Python API guide's first block."""
+    return _python_blocks(API_GUIDE)[0]
+
+
+@pytest.mark.parametrize("page", [README, API_GUIDE], ids=page_name)
+def test_python_api_example_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    example = _python_blocks()[0]
+    example = _python_blocks(page)[0]
     assert "RankAllocator" in example
     namespace: dict = {}
     _run(example, namespace)
@@ -36,11 +50,12 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
 
 
 def test_every_other_python_snippet_runs_after_the_example(tmp_path, monkeypatch):
-    """The later blocks are fragments that continue the first example; the names they
-    leave to the reader (a loss function, the parameters to clip, a batch) are supplied."""
+    """The other blocks of every page are fragments that continue the complete example; the
+    names they leave to the reader (a loss function, the parameters to clip, a batch) are supplied."""
     monkeypatch.chdir(tmp_path)
-    example, *snippets = [block for block in _python_blocks() if not _standalone(block)]
-    assert len(snippets) >= 1, "the README's Mixed precision snippet"
+    example = _example()
+    snippets = [block for block in _python_blocks() if not _standalone(block) and block != example]
+    assert len(snippets) >= 1, "the GPU guide's mixed precision snippet"
     namespace: dict = {}
     _run(example, namespace)
     model = namespace["model"]
@@ -96,7 +111,7 @@ def test_using_a_trained_adapter_runs(tmp_path, monkeypatch):
     Image.new("RGB", (8, 8), (200, 30, 30)).save("a.png")
     (block,) = [block for block in _python_blocks() if "load_run(" in block]
     namespace: dict = {}
-    _run(_python_blocks()[0], namespace)  # patch_model and cfg, as the reader has them
+    _run(_example(), namespace)  # patch_model and cfg, as the reader has them
     bert_config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                           intermediate_size=64, num_labels=2)
     namespace["bert"] = transformers.BertForSequenceClassification(bert_config)
@@ -111,13 +126,23 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_every_section_link_names_a_heading_of_its_file():
-    root = README.parent
-    links = re.findall(r"\]\(((?:[\w.]+\.md)?)#([^)\s]+)\)", README.read_text())
-    assert links, "the README links to its sections"
+def _anchors(path: Path) -> set[str]:
+    prose = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)  # headings outside code blocks
+    return {_slug(h) for h in re.findall(r"^#+ (.*)$", prose, flags=re.M)}
+
+
+def test_every_relative_link_of_the_readme_names_a_file_and_heading_that_exist():
+    """The README is read on GitHub, outside the site (whose links `mkdocs build --strict`
+    checks): each relative link must name a file of the repository, and each #anchor a
+    heading of that file."""
+    links = re.findall(r"\]\(([^)\s:]*?)(?:#([^)\s]+))?\)", README.read_text())
+    assert len(links) > 10, "the README links into the docs"
     for target, anchor in links:
-        text = (root / (target or "README.md")).read_text()
-        # headings outside code blocks
-        prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-        anchors = {_slug(h) for h in re.findall(r"^#+ (.*)$", prose, flags=re.M)}
-        assert anchor in anchors, f"README links to {target or 'README.md'}#{anchor}, which no heading there makes"
+        path = README.parent / target if target else README
+        assert path.exists(), f"README links to {target}, which does not exist"
+        if anchor:
+            assert anchor in _anchors(path), f"README links to {target or 'README.md'}#{anchor}, which no heading makes"
+
+
+def test_readme_fits_in_300_lines():
+    assert len(README.read_text().splitlines()) <= 300

@@ -1,5 +1,5 @@
-"""Every shell command in README.md's code blocks runs, so that a documented command
-cannot rot.
+"""Every shell command in the code blocks of README.md and of the documentation's guides
+(docs/*.md, ``tests/docs_pages.py``) runs, so that a documented command cannot rot.
 
 Commands are found in the ```bash / ```sh / ```shell / ```console blocks (comments
 dropped, ``\\`` continuations joined) and handled by what they run, not by their exact
@@ -36,10 +36,8 @@ from pathlib import Path
 import pytest
 
 from elalora_vit import cli
+from tests.docs_pages import PAGES, REPO, pages_text
 from tests.train.conftest import write_folder_task
-
-REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
 
 # Programs (or program + first arguments) that are not run, and why.
 NOT_RUN = {
@@ -47,6 +45,7 @@ NOT_RUN = {
     "pip install": "installs packages from the network (.ci/run does it in CI)",
     "source": "activates a virtual environment",
     "python -m pytest": "the test suite itself",
+    "mkdocs": "builds or serves the documentation site; .ci/run runs `mkdocs build --strict`",
     "tfds": "TensorFlow Datasets' own CLI: needs TensorFlow and apache-beam, and downloads; "
             "tests/data/fixtures/make_tfds_fixtures.py runs the real builders",
 }
@@ -74,8 +73,8 @@ TINY_MODEL = [
 
 # ------------------------------------------------------------------ finding the commands
 def readme_commands(text: str | None = None) -> list[str]:
-    """The shell commands of README's shell code blocks, one string each."""
-    text = README.read_text() if text is None else text
+    """The shell commands of the pages' shell code blocks (README.md and the guides), one string each."""
+    text = pages_text() if text is None else text
     blocks = re.findall(r"^([ \t]*)```(?:bash|sh|shell|console)[ \t]*\n(.*?)^\1```", text, flags=re.S | re.M)
     commands = []
     for indent, body in blocks:
@@ -147,7 +146,7 @@ def workdir(tmp_path_factory) -> Path:
     from elalora_vit.data import TASKS
 
     root = tmp_path_factory.mktemp("readme")
-    for folder in ("configs", "tests", "benchmarks", "examples"):  # what the README's commands name
+    for folder in ("configs", "tests", "benchmarks", "examples", "tools"):  # what the documented commands name
         (root / folder).symlink_to(REPO / folder)
     for task in TASKS:
         write_folder_task(root / "data" / "vtab-1k", task=task.name, classes=2, train=8, test=4)
@@ -294,8 +293,14 @@ def run_example(argv: list[str], workdir: Path) -> None:
     run_script([*argv, *(f for f in EXAMPLE_FLAGS if f'"{f}"' in source and f not in argv)], workdir)
 
 
+def run_tool(argv: list[str], workdir: Path) -> None:
+    """A maintenance tool in its checking form (``--check``: writes nothing, fails when stale)."""
+    run_script(argv if "--check" in argv else [*argv, "--check"], workdir)
+
+
 # Scripts by their path or folder ("python benchmarks/<any>.py ..." is run by run_benchmark).
-SCRIPTS = {"tests/mutations.py": run_mutations, "benchmarks/": run_benchmark, "examples/": run_example}
+SCRIPTS = {"tests/mutations.py": run_mutations, "benchmarks/": run_benchmark, "examples/": run_example,
+           "tools/": run_tool}
 
 
 def script_kind(argv: list[str]) -> str | None:
@@ -317,14 +322,14 @@ def classify(command: str) -> tuple[str, str]:
         return "run", script_kind(argv)
     args = elalora_args(argv)
     if args is None:
-        pytest.fail(f"README command not classified: {command!r}; add its program to NOT_RUN or LAUNCHERS "
+        pytest.fail(f"documented command not classified: {command!r}; add its program to NOT_RUN or LAUNCHERS "
                     "in tests/test_readme_commands.py, with the reason")
     if argv[0] != "elalora-vit" and argv[:3] != ["python", "-m", "elalora_vit.cli"] and not prefix(argv, LAUNCHERS):
-        pytest.fail(f"README command with an unknown launcher: {command!r}; add it to LAUNCHERS")
+        pytest.fail(f"documented command with an unknown launcher: {command!r}; add it to LAUNCHERS")
     if "--help" in args or "-h" in args:
         return "run", "--help"
     if not args or args[0] not in HANDLERS:
-        pytest.fail(f"README command of an unknown subcommand: {command!r}; add a handler to HANDLERS")
+        pytest.fail(f"documented command of an unknown subcommand: {command!r}; add a handler to HANDLERS")
     return "run", args[0]
 
 
@@ -354,7 +359,10 @@ def test_commands_are_found_and_classified():
     kinds = [classify(c) for c in commands]
     assert sum(kind == "run" for kind, _ in kinds) >= 10
     assert {"train", "vtab-sweep", "vtab-tune", "vtab-report", "check-data", "evaluate", "predict", "export", "--help",
-            "tests/mutations.py"} <= {what for kind, what in kinds if kind == "run"}
+            "tests/mutations.py", "tools/"} <= {what for kind, what in kinds if kind == "run"}
+    # every page's commands are read: the README's and the guides'
+    for page in PAGES:
+        assert set(readme_commands(page.read_text())) <= set(commands), page
     # indented blocks (inside list items) and continuations are read too
     assert any("accelerate launch" in c and "vtab-sweep" in c for c in commands)
     assert any("--output runs/vtab-val/lr3e-3" in c for c in commands)

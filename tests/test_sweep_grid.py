@@ -150,11 +150,12 @@ def test_a_variant_equal_to_the_default_setting_is_not_run_twice(tmp_path):
 ABLATION_PRESETS = ["no-fc1", "no-attn-proj", "attention-only", "mlp-only", "qv-only", "schedule-shapes", "k-b-values"]
 
 
-def test_every_ablation_preset_is_checked_and_in_the_readme():
+def test_every_ablation_preset_is_checked_and_in_the_docs():
+    from tests.docs_pages import pages_text
     from tests.test_sweep import REPO
 
     assert sorted(p.stem for p in (REPO / "configs" / "ablations").glob("*.yaml")) == sorted(ABLATION_PRESETS)
-    readme = (REPO / "README.md").read_text()
+    readme = pages_text()
     for preset in ABLATION_PRESETS:
         assert f"--config configs/ablations/{preset}.yaml" in readme
 

@@ -27,31 +27,40 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 ADAPTER_METHODS = tuple(m for m in METHODS if get_method(m).saves_adapters)
 
 
+def _listed(factory, doc: str) -> Any:
+    """A documented field whose default is a fresh ``factory()`` (a list or a mapping)."""
+    return field(default_factory=factory, metadata={"doc": doc})
+
+
 @dataclass
 class DataConfig:
-    task: str = "cifar"
-    source: str = "folder"  # one of data.SOURCES: folder | tfds | digits
-    data_dir: str = "data/vtab-1k"
-    tfds_dir: str | None = None
-    train_split: str = "train800val200"
-    eval_split: str = "test"
-    image_size: int | None = None  # None: the model's input size
-    mean: list[float] | None = None  # None: from the model's pretrained config
-    std: list[float] | None = None
-    num_workers: int = 2  # evaluation loader workers
-    cache: bool = True  # decode each split once into the image cache, then read it memory-mapped
-    cache_dir: str | None = None  # None: $ELALORA_VIT_CACHE, else ~/.cache/elalora-vit/images
+    task: str = setting("cifar", "the VTAB-1k task (`elalora-vit list-tasks`); aliases cifar100, oxford_pet")
+    source: str = setting("folder", "where images come from: folder | tfds | digits (the offline quick start)")
+    data_dir: str = setting("data/vtab-1k", "root of the folder layout (source: folder)")
+    tfds_dir: str | None = setting(None, "tensorflow-datasets data_dir (source: tfds); None: TFDS's default")
+    train_split: str = setting("train800val200", "the training split; train800 (with eval_split val200) for "
+                                                 "choosing hyper-parameters")
+    eval_split: str = setting("test", "the split evaluated at the end and every eval_every epochs")
+    image_size: int | None = setting(None, "input size in pixels; None: the model's input size (224)")
+    mean: list[float] | None = setting(None, "per-channel normalisation mean; None: the model's pretrained config")
+    std: list[float] | None = setting(None, "per-channel normalisation std (each > 0); None: the model's pretrained config")
+    num_workers: int = setting(2, "evaluation loader worker processes (when the image cache is off)")
+    cache: bool = setting(True, "decode each split once into the image cache, then read it memory-mapped")
+    cache_dir: str | None = setting(None, "the image cache's folder; None: $ELALORA_VIT_CACHE, else "
+                                          "~/.cache/elalora-vit/images")
 
 
 @dataclass
 class ModelConfig:
-    name: str = DEFAULT_MODEL
-    pretrained: bool = True
-    checkpoint: str | None = None  # local .npz / .safetensors / .pth weights
-    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
-    targets: list[str] | None = None  # None: q, k, v, attn.proj, mlp.fc1, mlp.fc2 of every block
-    split: dict[str, list[str]] | None = None  # None with default targets: qkv -> q, k, v
-    exclude: list[str] = field(default_factory=list)  # modules or parts (blocks.*.attn.qkv.k) left out
+    name: str = setting(DEFAULT_MODEL, "the timm model; the default is the VTAB-1k protocol's ViT-B/16 (ImageNet-21k)")
+    pretrained: bool = setting(True, "load timm's pretrained weights (offline: give checkpoint)")
+    checkpoint: str | None = setting(None, "local backbone weights: .npz (Google's), .safetensors or .pth")
+    kwargs: dict[str, Any] = _listed(dict, "extra timm.create_model arguments (img_size, depth, drop_path_rate, ...)")
+    targets: list[str] | None = setting(None, "modules to adapt (globs, re: patterns); None: q, k, v, attn.proj, "
+                                              "mlp.fc1, mlp.fc2 of every block")
+    split: dict[str, list[str]] | None = setting(None, "fused layers adapted as parts; None with the default "
+                                                       "targets: attn.qkv -> q, k, v")
+    exclude: list[str] = _listed(list, "modules, or parts of a split layer (blocks.*.attn.qkv.k), left out")
 
 
 # The adapter section is ElaLoRAConfig's fields, with their defaults and docs, except:
@@ -107,28 +116,29 @@ AdapterConfig = document_fields(
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    epochs: int = 100
-    warmup_epochs: float = 10.0
-    lr_schedule: str = "cosine"
-    min_lr: float = 0.0
-    grad_clip: float = 1.0  # 0 disables clipping
+    lr: float = setting(1e-3, "AdamW's learning rate (peak, after the warm-up)")
+    weight_decay: float = setting(1e-4, "AdamW's weight decay")
+    batch_size: int = setting(64, "images per step and process")
+    epochs: int = setting(100, f"training epochs (at most {MAX_EPOCHS:,})")
+    warmup_epochs: float = setting(10.0, "linear LR warm-up, in epochs")
+    lr_schedule: str = setting("cosine", "the LR after the warm-up: cosine | linear | constant")
+    min_lr: float = setting(0.0, "the LR the schedule ends at")
+    grad_clip: float = setting(1.0, "gradient-norm clipping; 0 disables clipping")
 
 
 @dataclass
 class TrainConfig:
-    method: str = "elalora"
-    precision: str = "auto"  # auto: bf16 on a CUDA GPU with bf16, fp32 elsewhere | fp32 | bf16 | fp16
-    seed: int = 0
-    output_dir: str = "runs/{task}/{method}/seed{seed}"
-    eval_every: int = 0  # epochs between evaluations; 0 evaluates at the end only
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
-    checkpoint_every: int = 1  # epochs between checkpoints; the last epoch always gets one; 0: the last only
-    progress: bool = True
-    log_to: str = "none"  # none | tensorboard | wandb: also log scalars, ranks and figures there
-    compile: bool = False  # torch.compile the model (shapes never change: traced once, rounds and all)
+    method: str = setting("elalora", "elalora | lora | adalora | full | linear")
+    precision: str = setting("auto", "auto (bf16 on a CUDA GPU with bf16, fp32 elsewhere) | fp32 | bf16 | "
+                                     "fp16 (CUDA, GradScaler)")
+    seed: int = setting(0, "the run's seed: initialisation, data order, new rank directions")
+    output_dir: str = setting("runs/{task}/{method}/seed{seed}", "the run folder ({task}, {method}, {seed} filled in)")
+    eval_every: int = setting(0, "also evaluate every N epochs; 0: at the end only")
+    max_bad_steps: int = setting(20, "consecutive non-finite steps before the run stops")
+    checkpoint_every: int = setting(1, "epochs between checkpoints (the last epoch always gets one); 0: the last only")
+    progress: bool = setting(True, "progress bars")
+    log_to: str = setting("none", "none | tensorboard | wandb: also log scalars, ranks and figures there")
+    compile: bool = setting(False, "torch.compile the model (shapes never change: traced once, rounds and all)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)

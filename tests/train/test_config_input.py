@@ -260,11 +260,13 @@ _SET = re.compile(r"--set\s+(?:'([^']*)'|\"([^\"]*)\"|([^\s`'\"]+))")
 
 
 def _documented_sets() -> list[tuple[str, str]]:
-    """Every `--set KEY=VALUE` in the README, the --help texts and the config comments."""
+    """Every `--set KEY=VALUE` in the README and the guides, the --help texts and the config comments."""
     parser = build_parser()
     helps = [parser.format_help(), EXAMPLES, SWEEP_EXAMPLES]
     helps += [sub.format_help() for action in parser._subparsers._group_actions for sub in action.choices.values()]
-    sources = {"README.md": (REPO / "README.md").read_text(), "--help": "\n".join(helps)}
+    from tests.docs_pages import pages_text
+
+    sources = {"docs": pages_text(), "--help": "\n".join(helps)}
     for path in [REPO / "configs" / "default.yaml", *sorted((REPO / "configs" / "vtab").glob("*.yaml"))]:
         sources[str(path.relative_to(REPO))] = path.read_text()
     found = []
@@ -279,8 +281,8 @@ def _documented_sets() -> list[tuple[str, str]]:
 def test_every_documented_set_example_parses_and_validates():
     examples = _documented_sets()
     places = {where for where, _ in examples}
-    assert {"README.md", "--help", "configs/default.yaml", "configs/vtab/kitti.yaml"} <= places
-    assert ("README.md", "optim.lr=3e-3") in examples and len(examples) > 50
+    assert {"docs", "--help", "configs/default.yaml", "configs/vtab/kitti.yaml"} <= places
+    assert ("docs", "optim.lr=3e-3") in examples and len(examples) > 50
     for where, text in examples:
         key, value = parse_override(text)
         try:
