@@ -68,6 +68,7 @@ OFFLINE_IMPOSSIBLE = {"--download": "downloads datasets (needs TensorFlow and in
 TINY_MODEL = [
     "--set", "model.name=vit_tiny_patch16_224", "--set", "model.pretrained=false", "--set", "model.checkpoint=null",
     "--set", 'model.kwargs={"img_size": 32, "patch_size": 8, "depth": 1}', "--set", "data.image_size=32",
+    "--set", "optim.batch_size=4",  # the generated splits hold 4 to 12 images; a larger batch is refused
 ]
 
 

@@ -56,6 +56,8 @@ def _flag_rows(parser: argparse.ArgumentParser) -> list[str]:
         if action.choices and action.metavar is not None and not isinstance(action.choices, dict):
             help_text += f" (choices: {', '.join(map(str, action.choices))})"
         default = action.default
+        if isinstance(default, (str, Path)) and str(default).startswith(str(REPO) + "/"):
+            default = Path(default).relative_to(REPO)  # a file of the checkout: the same on every clone
         shown = "" if default in (None, False, argparse.SUPPRESS) or action.nargs == 0 else _code(default)
         rows.append(f"| {names} | {_cell(help_text)} | {shown} |")
     return rows

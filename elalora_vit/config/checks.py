@@ -14,6 +14,15 @@ from .convert import _typed, field_types
 if TYPE_CHECKING:
     from .schema import TrainConfig
 
+
+def check_batch_fits(batch_size: int, images: int, processes: int, split: str) -> None:
+    """``optim.batch_size`` (per process) times the processes may not exceed the training
+    images: a step of more would be filled by repeating images (the loop wraps its order to
+    fill every step), so the run would not be the one the settings describe."""
+    bound = images // max(processes, 1)
+    where = f"the {images} images of {split}" + (f" shared by {processes} processes" if processes > 1 else "")
+    check_value(batch_size <= bound, "optim.batch_size", batch_size, f"at most {bound} ({where})")
+
 def _check_adapter(cfg: TrainConfig) -> None:
     """The core's checks of the adapter values, its errors naming the config keys
     (``adapter.rank``, not the core's ``rank``)."""

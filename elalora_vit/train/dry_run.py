@@ -19,6 +19,7 @@ from ..data import resolve_task
 from ..data.load import open_source
 from ..vit import check_input_size, create_run_backbone, resolve_data_config
 from ..config import TrainConfig
+from ..config.checks import check_batch_fits
 from .errors import TrainingError
 from .methods import setup_method, total_rank, trainable_parameter_count
 from .run_files import RunFiles
@@ -48,6 +49,7 @@ def dry_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) 
     spec = resolve_data_config(model, cfg.data)
     check_input_size(model, spec.image_size, cfg.model.name)
     sizes = check_run_splits(task, cfg)
+    check_batch_fits(cfg.optim.batch_size, sizes["train"], int(os.environ.get("WORLD_SIZE", "1")), cfg.data.train_split)
     steps_per_epoch = math.ceil(sizes["train"] / cfg.optim.batch_size)
     total_steps = steps_per_epoch * cfg.optim.epochs
     method = setup_method(model, cfg, total_steps)

@@ -37,3 +37,29 @@ def test_rank_above_a_layer_is_refused_before_the_model_is_touched():
     assert all(p.requires_grad for p in model.parameters())  # nothing frozen, nothing replaced
     assert {k: v for k, v in model.state_dict().items()}.keys() == before.keys()
     patch_model(model, VIT_TARGETS, ElaLoRAConfig(rank=96), split=QKV_SPLIT)  # 2 x 96 = 192 fits
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_naming_the_bound(tmp_path):
+    """A step of more images than the split holds would repeat images to fill itself: refused
+    by the dry run and by the run, before training, naming the key, the value and the bound."""
+    import pytest
+
+    from elalora_vit.core import ConfigError
+    from elalora_vit.train import load_config, train
+    from elalora_vit.train.dry_run import dry_run
+    from tests.train.conftest import tiny_overrides, write_folder_task
+
+    data = write_folder_task(tmp_path / "data", train=24, test=8)
+    images = 24 + 6  # train800val200: the task's train800 and val200 lists together
+    for batch, ok in ((images, True), (images + 1, False)):
+        cfg = load_config(None, tiny_overrides(data, tmp_path / f"run{batch}", **{"optim.batch_size": batch,
+                                                                                 "optim.epochs": 1}))
+        if ok:
+            assert any("steps: 1 per epoch" in line for line in dry_run(cfg))
+            continue
+        message = rf"'optim.batch_size': {batch}; expected at most {images} \(the {images} images of train800val200\)"
+        with pytest.raises(ConfigError, match=message):
+            dry_run(cfg)
+        with pytest.raises(ConfigError, match=message):
+            train(cfg)
+        assert not (tmp_path / f"run{batch}" / "checkpoint.pt").exists()
