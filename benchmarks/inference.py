@@ -11,6 +11,8 @@ Variants, all built from the same randomly initialised timm ViT and run under
   ``merge_adapters(model)``: the wrappers stay, the update is folded into W0;
 - ``unpatched-merged``: ``unpatch_model(model, merge=True)``: the original
   nn.Linear modules back, with merged weights;
+- ``merged-inference``: the patched model inside ``merged_inference(model)``, as
+  evaluation during training runs it (a merged copy of each weight; no parameter changed);
 - ``unmerged``: the patched model as trained (adapters computed at run time),
   for reference.
 
@@ -68,7 +70,9 @@ def patched(model_name: str, img: int, rank: int, device: str):
 
 
 def bench_model(spec: str, args) -> dict:
-    from elalora_vit import merge_adapters, unpatch_model
+    import contextlib
+
+    from elalora_vit import merge_adapters, merged_inference, unpatch_model
 
     name, img, batch = spec.split(":")
     img, batch = int(img), int(batch)
@@ -77,12 +81,15 @@ def bench_model(spec: str, args) -> dict:
         "base": B.make_vit(name, img, device=args.device).eval(),
         "merged": merge_adapters(patched(name, img, args.rank, args.device)),
         "unpatched-merged": unpatch_model(patched(name, img, args.rank, args.device), merge=True),
+        "merged-inference": patched(name, img, args.rank, args.device),
         "unmerged": patched(name, img, args.rank, args.device),
     }
     x = torch.randn(batch, 3, img, img, generator=torch.Generator().manual_seed(0)).to(args.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), contextlib.ExitStack() as stack:
+        stack.enter_context(merged_inference(models["merged-inference"]))
         reference = models["unmerged"](x)
-        max_err = max(float((models[k](x) - reference).abs().max()) for k in ("merged", "unpatched-merged"))
+        max_err = max(float((models[k](x) - reference).abs().max())
+                      for k in ("merged", "unpatched-merged", "merged-inference"))
 
         def forward(m):
             return lambda: m(x)

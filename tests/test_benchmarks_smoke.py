@@ -105,7 +105,7 @@ def test_inference():
     result = _script("inference").main(["--models", TINY, "--rounds", "1", *FAST])
     model = result["models"][0]
     rows = {r["variant"]: r for r in model["rows"]}
-    assert set(rows) == {"base", "merged", "unpatched-merged", "unmerged"}
+    assert set(rows) == {"base", "merged", "unpatched-merged", "merged-inference", "unmerged"}
     assert rows["base"]["x_base"] == pytest.approx(1.0)
     times = model["times_s"]
     for name, row in rows.items():

@@ -105,6 +105,8 @@ class AdaptedLinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False  # set by disable_adapter(): the base layer's output alone
+        # set by merged_inference(): W0 + the update as one weight, the parameters untouched
+        self._inference_weight: Tensor | None = None
         self.adapter_config: ElaLoRAConfig | None = None  # what patch_model built it from
         base_layer.weight.requires_grad_(False)
         if base_layer.bias is not None:
@@ -187,6 +189,8 @@ class AdaptedLinear(nn.Module):
         return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._inference_weight is not None:
+            return self._forward_with(x, self._inference_weight)
         result = self.base_layer(x)
         if self.merged:
             if self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
@@ -213,6 +217,26 @@ class AdaptedLinear(nn.Module):
             delta = torch.bmm(z, self.lora_B.transpose(1, 2))  # (n, N, d_part)
             delta = delta.transpose(0, 1).reshape(*lead, n * self.part_features)
         return result + delta.to(result.dtype)
+
+    def _forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The base layer's computation with ``weight`` (in the base layer's layout) in place of its own."""
+        bias = self.base_layer.bias
+        if not self.fan_in_fan_out:
+            return F.linear(x, weight, bias)
+        out = x.reshape(-1, weight.shape[0]) @ weight  # Conv1D: (in, out)
+        out = out if bias is None else out + bias
+        return out.reshape(*x.shape[:-1], weight.shape[1])
+
+    @torch.no_grad()
+    def begin_merged_inference(self) -> None:
+        """Until :meth:`end_merged_inference`, compute as a merged layer (one matmul) from a
+        separate merged weight; the base weight and the adapter are left as they are."""
+        if not self.merged and not self.disabled:
+            weight = self.base_layer.weight
+            self._inference_weight = weight + self._delta_in_weight_layout().to(weight.dtype)
+
+    def end_merged_inference(self) -> None:
+        self._inference_weight = None
 
     @torch.no_grad()
     def merge(self) -> None:

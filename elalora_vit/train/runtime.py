@@ -3,6 +3,7 @@ check that a step is finite on every process, evaluation, and the progress bar."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -98,16 +99,22 @@ def finite_on_every_process(loss, grad_norm, model, accelerator) -> bool:
 
 @torch.no_grad()
 def evaluate(model, dataset, cfg: TrainConfig, accelerator) -> float:
-    """Top-1 accuracy (%) on ``dataset``, each process scoring its share."""
+    """Top-1 accuracy (%) on ``dataset``, each process scoring its share, with the adapters
+    merged for the evaluation (``merged_inference``: the base model's cost, no parameter
+    changed; not under ``compile``, whose graph was traced for the adapter's own forward)."""
+    from ..core import merged_inference
+
     model.eval()
     world, rank = accelerator.num_processes, accelerator.process_index
     batch_size = max(64, cfg.optim.batch_size)
     counts = torch.zeros(2, device=accelerator.device)
-    for x, y in _eval_batches(dataset, rank, world, batch_size, cfg.data.num_workers, accelerator.device):
-        with accelerator.autocast():
-            logits = model(x)
-        counts[0] += (logits.argmax(dim=-1) == y).sum()
-        counts[1] += y.numel()
+    merged = contextlib.nullcontext() if cfg.compile else merged_inference(model)
+    with merged:
+        for x, y in _eval_batches(dataset, rank, world, batch_size, cfg.data.num_workers, accelerator.device):
+            with accelerator.autocast():
+                logits = model(x)
+            counts[0] += (logits.argmax(dim=-1) == y).sum()
+            counts[1] += y.numel()
     counts = accelerator.reduce(counts, reduction="sum")
     model.train()
     return round(100.0 * float(counts[0]) / max(float(counts[1]), 1.0), 4)
