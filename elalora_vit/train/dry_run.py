@@ -45,11 +45,11 @@ def dry_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) 
     action = run_folder_action(files, cfg.to_dict(), resume=resume, overwrite=overwrite)
     check_writable(files.root)
     task = resolve_task(cfg.data.task, cfg.data.source)
+    check_batch_against_split(cfg, task, int(os.environ.get("WORLD_SIZE", "1")))
     model = create_run_backbone(cfg.model, task.num_classes)
     spec = resolve_data_config(model, cfg.data)
     check_input_size(model, spec.image_size, cfg.model.name)
     sizes = check_run_splits(task, cfg)
-    check_batch_fits(cfg.optim.batch_size, sizes["train"], int(os.environ.get("WORLD_SIZE", "1")), cfg.data.train_split)
     steps_per_epoch = math.ceil(sizes["train"] / cfg.optim.batch_size)
     total_steps = steps_per_epoch * cfg.optim.epochs
     method = setup_method(model, cfg, total_steps)
@@ -90,6 +90,13 @@ def check_writable(root: Path) -> None:
                 folder.rmdir()
             except OSError:
                 break
+
+
+def check_batch_against_split(cfg: TrainConfig, task, processes: int) -> None:
+    """``optim.batch_size`` against the training split's size, from its list alone (no
+    image is read), so a batch it cannot fill is refused before any model or data work."""
+    source = open_source(task, cfg.data.train_split, cfg.data.source, cfg.data.data_dir, cfg.data.tfds_dir)
+    check_batch_fits(cfg.optim.batch_size, len(source), processes, cfg.data.train_split)
 
 
 def check_run_splits(task, cfg: TrainConfig) -> dict[str, int]:

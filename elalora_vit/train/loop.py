@@ -39,7 +39,7 @@ from ..data.transforms import device_batch
 from ..vit import check_input_size, create_run_backbone, resolve_data_config
 from .checkpoint import CheckpointError, load_checkpoint
 from ..config import TrainConfig
-from ..config.checks import check_batch_fits
+from .dry_run import check_batch_against_split
 from .errors import RunInterrupted, RunInUse, TrainingError
 from .health import HealthMonitor
 from .methods import setup_method, total_rank
@@ -133,9 +133,9 @@ def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int |
     started = time.time()
 
     # ---- backbone, data, method, optimizer, schedule
+    check_batch_against_split(cfg, resolve_task(cfg.data.task, cfg.data.source), accelerator.num_processes)
     model, data = _build_model_and_data(cfg, accelerator)
     protocol = run_protocol(cfg, model, data.task)  # before the method patches the model
-    check_batch_fits(cfg.optim.batch_size, len(data.train), accelerator.num_processes, cfg.data.train_split)
     steps_per_epoch = math.ceil(len(data.train) / (cfg.optim.batch_size * accelerator.num_processes))
     state = _set_up_run(cfg, model, steps_per_epoch, accelerator, started)
 

@@ -58,8 +58,17 @@ def test_a_batch_larger_than_the_training_split_is_refused_naming_the_bound(tmp_
             assert any("steps: 1 per epoch" in line for line in dry_run(cfg))
             continue
         message = rf"'optim.batch_size': {batch}; expected at most {images} \(the {images} images of train800val200\)"
-        with pytest.raises(ConfigError, match=message):
-            dry_run(cfg)
-        with pytest.raises(ConfigError, match=message):
-            train(cfg)
+        import elalora_vit.train.dry_run as dry_run_module
+        import elalora_vit.train.loop as loop_module
+
+        def no_model(*args, **kwargs):
+            raise AssertionError("the model was built before the batch size was checked")
+
+        with pytest.MonkeyPatch.context() as mp:  # refused before any model work
+            mp.setattr(dry_run_module, "create_run_backbone", no_model)
+            mp.setattr(loop_module, "create_run_backbone", no_model)
+            with pytest.raises(ConfigError, match=message):
+                dry_run(cfg)
+            with pytest.raises(ConfigError, match=message):
+                train(cfg)
         assert not (tmp_path / f"run{batch}" / "checkpoint.pt").exists()
