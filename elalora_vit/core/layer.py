@@ -1,5 +1,11 @@
 """Adapter layers that wrap a frozen ``nn.Linear`` (or a transformers ``Conv1D``, GPT-2's
-linear with its weight stored transposed), and finding them in a model.
+linear with its weight stored transposed, or an ungrouped ``nn.Conv2d``), and finding them
+in a model.
+
+A ``Conv2d`` with ``C_in`` input channels and a ``kh x kw`` kernel is adapted as the linear
+map it applies to each patch, ``d_in = C_in * kh * kw``: ``Q`` becomes ``R`` kernels of the
+base layer's size, stride, padding and dilation, ``P`` a 1 x 1 convolution (PEFT's conv
+LoRA), so ranks, scores and rounds are those of any other adapter.
 
 A wrapped linear may be adapted as one block or as several equal row blocks
 ("parts", e.g. q, k and v of a fused ``qkv`` projection).  Every part is an
@@ -62,11 +68,21 @@ def is_conv1d(module: nn.Module) -> bool:
             and getattr(module, "nf", None) == weight.shape[1])
 
 
+def is_adaptable_conv2d(module: nn.Module) -> bool:
+    """An ``nn.Conv2d`` adapters can wrap: ungrouped (a grouped or depthwise convolution is
+    not one linear map of its patches)."""
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
 def linear_features(module: nn.Module) -> tuple[int, int] | None:
-    """``(in_features, out_features)`` of a module adapters can wrap (``nn.Linear`` or
-    ``Conv1D``), or None for any other module."""
+    """``(in_features, out_features)`` of a module adapters can wrap (``nn.Linear``,
+    ``Conv1D``, or an ungrouped ``nn.Conv2d``: its inputs per patch, ``C_in * kh * kw``), or
+    None for any other module."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
+    if is_adaptable_conv2d(module):
+        kh, kw = module.kernel_size
+        return module.in_channels * kh * kw, module.out_channels
     if is_conv1d(module):
         d_in, d_out = module.weight.shape
         return int(d_in), int(d_out)
@@ -88,7 +104,8 @@ class AdaptedLinear(nn.Module):
         super().__init__()
         features = linear_features(base_layer)
         if features is None:
-            raise TypeError(f"adapters wrap nn.Linear or Conv1D modules, got {type(base_layer).__name__}")
+            raise TypeError(f"adapters wrap nn.Linear, Conv1D or ungrouped nn.Conv2d modules, "
+                            f"got {type(base_layer).__name__}")
         n_parts = len(parts) if parts else 1
         if features[1] % n_parts:
             raise ValueError(
@@ -98,7 +115,8 @@ class AdaptedLinear(nn.Module):
         self.base_layer = base_layer
         self._features = features
         # Conv1D stores its weight as (in, out): the update is merged transposed (PEFT's fan_in_fan_out).
-        self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)
+        self.fan_in_fan_out = is_conv1d(base_layer)
+        self.conv = isinstance(base_layer, nn.Conv2d)  # Q as kernels, P as a 1 x 1 convolution
         self.part_names: tuple[str | None, ...] = tuple(parts) if parts else (None,)
         self.excluded_parts: tuple[str, ...] = _checked_exclusion(self.part_names, excluded)
         self.capacity = capacity
@@ -186,6 +204,8 @@ class AdaptedLinear(nn.Module):
 
     def _delta_in_weight_layout(self) -> Tensor:
         delta = self.delta_weight()
+        if self.conv:
+            return delta.reshape(self.base_layer.weight.shape)
         return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: Tensor) -> Tensor:
@@ -205,6 +225,8 @@ class AdaptedLinear(nn.Module):
         right = self.lora_A
         if not torch.is_autocast_enabled() and x.dtype != right.dtype:
             x = x.to(right.dtype)
+        if self.conv:
+            return result + self._conv_delta(x).to(result.dtype)
         n, capacity, d_in = right.shape
         # z = Q x for every slot of every part, then scaled by lambda * mask * alpha / r.
         z = F.linear(self.dropout(x), right.reshape(n * capacity, d_in))
@@ -218,9 +240,26 @@ class AdaptedLinear(nn.Module):
             delta = delta.transpose(0, 1).reshape(*lead, n * self.part_features)
         return result + delta.to(result.dtype)
 
+    def _conv_delta(self, x: Tensor) -> Tensor:
+        """The update of a ``Conv2d``: ``Q`` as ``n * R`` kernels with the base layer's geometry,
+        the slot scale, then ``P`` as a 1 x 1 convolution, one group per part."""
+        conv = self.base_layer
+        n, capacity, _ = self.lora_A.shape
+        kernels = self.lora_A.reshape(n * capacity, conv.in_channels, *conv.kernel_size)
+        if conv.padding_mode != "zeros":
+            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+            z = F.conv2d(self.dropout(x), kernels, None, conv.stride, 0, conv.dilation)
+        else:
+            z = F.conv2d(self.dropout(x), kernels, None, conv.stride, conv.padding, conv.dilation)
+        z = z * self.slot_scale().reshape(1, n * capacity, 1, 1)
+        left = self.lora_B.reshape(n * self.part_features, capacity, 1, 1)
+        return F.conv2d(z, left, groups=n)
+
     def _forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
         """The base layer's computation with ``weight`` (in the base layer's layout) in place of its own."""
         bias = self.base_layer.bias
+        if self.conv:
+            return self.base_layer._conv_forward(x, weight, bias)
         if not self.fan_in_fan_out:
             return F.linear(x, weight, bias)
         out = x.reshape(-1, weight.shape[0]) @ weight  # Conv1D: (in, out)

@@ -44,6 +44,19 @@ from ..core import AdaptedLinear, AdapterRef, adapted_layers, unpatch_model, unw
 from ..export.staging import ExportError, staged_folder
 
 
+def peft_conv_difference(conv: nn.Module) -> str | None:
+    """Why PEFT's Conv2d LoRA would not compute this convolution's update, or None: PEFT builds
+    its ``lora_A`` with the base layer's kernel, stride and padding but not its dilation or
+    padding mode, so the update of a dilated or non-zero-padded convolution differs there."""
+    if not isinstance(conv, nn.Conv2d):
+        return None
+    if tuple(conv.dilation) != (1, 1):
+        return f"dilation {tuple(conv.dilation)}"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode {conv.padding_mode!r}"
+    return None
+
+
 @torch.no_grad()
 def peft_lora_weights(layer: AdaptedLinear) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A (R, d_in), B (d_out, R))`` with ``B @ A`` equal to the layer's update,
@@ -86,6 +99,11 @@ def export_peft(
     except ImportError as err:
         raise ExportError("exporting to PEFT needs the peft package: pip install peft") from err
     model = unwrap_model(model)
+    for name, layer in adapted_layers(model):
+        why = peft_conv_difference(layer.base_layer)
+        if why:
+            raise ExportError(f"'{name}' is a Conv2d with {why}: PEFT's Conv2d LoRA ignores it, so PEFT would "
+                              "compute another update; export with --format timm (merged) instead")
     weights = {name: peft_lora_weights(layer) for name, layer in adapted_layers(model)}
     weights = {name: ab for name, ab in weights.items() if ab[0].shape[0] > 0}  # rank 0: no update
     if not weights:
@@ -122,8 +140,9 @@ def _fill(peft_model, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> 
     root = peft_model.base_model.model
     for name, (A, B) in weights.items():
         module = root.get_submodule(name)
-        module.lora_A["default"].weight.copy_(A)
-        module.lora_B["default"].weight.copy_(B)
+        # a Conv2d LoRA holds A as kernels (r, C_in, kh, kw) and B as a 1 x 1 conv (d_out, r, 1, 1)
+        module.lora_A["default"].weight.copy_(A.reshape(module.lora_A["default"].weight.shape))
+        module.lora_B["default"].weight.copy_(B.reshape(module.lora_B["default"].weight.shape))
 
 
 def _check_unambiguous(names: list[str]) -> None:
@@ -214,11 +233,18 @@ def _read_peft_lora(model: nn.Module, folder: Path, adapter_name: str):
     for name, module in root.named_modules():
         if not isinstance(module, LoraLayer) or adapter_name not in getattr(module, "lora_A", {}):
             continue
-        if not hasattr(module.lora_A[adapter_name], "weight") or module.lora_A[adapter_name].weight.dim() != 2:
+        lora_a, lora_b = module.lora_A[adapter_name], module.lora_B[adapter_name]
+        conv = isinstance(lora_a, nn.Conv2d) and isinstance(lora_b, nn.Conv2d) and lora_a.groups == 1 \
+            and tuple(lora_b.kernel_size) == (1, 1) and tuple(lora_b.stride) == (1, 1)
+        if not hasattr(lora_a, "weight") or (lora_a.weight.dim() != 2 and not conv):
             raise PeftImportError(f"module '{name}' is a {type(module.get_base_layer()).__name__} LoRA; only "
-                                  "Linear and Conv1D LoRA modules can be imported")
-        A = module.lora_A[adapter_name].weight.double()  # (r, d_in)
-        B = module.lora_B[adapter_name].weight.double()  # (d_out, r)
+                                  "Linear, Conv1D and ungrouped Conv2d LoRA modules can be imported")
+        why = peft_conv_difference(module.get_base_layer())
+        if why:
+            raise PeftImportError(f"module '{name}' is a Conv2d with {why}, which PEFT's Conv2d LoRA ignores: "
+                                  "its update is not a convolution of the base layer's geometry")
+        A = lora_a.weight.double().reshape(lora_a.weight.shape[0], -1)  # (r, d_in); a conv's kernels flattened
+        B = lora_b.weight.double().reshape(lora_b.weight.shape[0], -1)  # (d_out, r)
         factors[name] = (B * float(module.scaling[adapter_name]), A)  # the update is their product
     if not factors:
         raise PeftImportError(f"{folder} adapts no Linear module of this model")

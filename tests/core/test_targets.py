@@ -38,8 +38,10 @@ def test_exact_regex_type_predicate_and_exclude(tiny_vit):
 def test_non_linear_match_names_the_pattern(tiny_vit):
     with pytest.raises(TargetError, match=r"'blocks\.\*\.attn' matches 'blocks.0.attn', a Attention"):
         match_targets(tiny_vit, ["blocks.*.attn"])
-    with pytest.raises(TargetError, match=r"'patch_embed.proj' matches .* a Conv2d"):
-        match_targets(tiny_vit, ["patch_embed.proj"])
+    assert match_targets(tiny_vit, ["patch_embed.proj"]) == ["patch_embed.proj"]  # an ungrouped Conv2d
+    depthwise = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4))
+    with pytest.raises(TargetError, match=r"'0' matches '0', a Conv2d; only .* ungrouped nn.Conv2d"):
+        match_targets(depthwise, ["0"])
 
 
 def test_everything_excluded_and_empty_targets_are_errors(tiny_vit):

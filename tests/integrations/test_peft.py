@@ -28,6 +28,21 @@ def _trained_peft_folder(base, folder, **lora):
     return model.eval()
 
 
+def test_a_peft_conv2d_lora_imports_with_peft_s_function(tmp_path):
+    """A LoRA PEFT trained on the patch embedding (a Conv2d) and an MLP layer: imported, the
+    model computes what PEFT's computes."""
+    base = make_tiny_vit().eval()
+    reference = _trained_peft_folder(base, tmp_path / "conv", target_modules=["patch_embed.proj", "fc1"])
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(x)
+    model = copy.deepcopy(base)
+    adapters = from_peft(model, tmp_path / "conv")
+    assert "patch_embed.proj" in {a.name for a in adapters}
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("split", [None, {"attn.qkv": ["q", "k", "v"]}])
 def test_an_imported_peft_lora_computes_what_peft_computes_then_moves_ranks(split, tmp_path):
     base = make_tiny_vit().eval()
@@ -68,9 +83,12 @@ def test_an_imported_peft_lora_computes_what_peft_computes_then_moves_ranks(spli
 
 def test_peft_folders_that_cannot_become_svd_adapters_are_refused_by_name(tmp_path):
     base = make_tiny_vit().eval()
-    _trained_peft_folder(base, tmp_path / "conv", target_modules=["patch_embed.proj", "fc1"])
-    with pytest.raises(PeftImportError, match="'patch_embed.proj' is a Conv2d LoRA"):
-        from_peft(copy.deepcopy(base), tmp_path / "conv")
+    dilated = copy.deepcopy(base)
+    dilated.patch_embed.proj.dilation = (2, 2)  # PEFT's Conv2d LoRA ignores a base layer's dilation
+    dilated.patch_embed.proj.stride = (4, 4)
+    _trained_peft_folder(dilated, tmp_path / "conv", target_modules=["patch_embed.proj", "fc1"])
+    with pytest.raises(PeftImportError, match=r"'patch_embed.proj' is a Conv2d with dilation \(2, 2\)"):
+        from_peft(copy.deepcopy(dilated), tmp_path / "conv")
     _trained_peft_folder(base, tmp_path / "dora", use_dora=True)
     with pytest.raises(PeftImportError, match="DoRA"):
         from_peft(copy.deepcopy(base), tmp_path / "dora")
