@@ -64,9 +64,16 @@ def resume_from(path: Path, cfg: TrainConfig, state: RunState, accelerator) -> N
 
 def restore(state: RunState, saved: dict[str, Any], accelerator) -> None:
     """Put a checkpoint's contents back into ``state`` (see :func:`checkpoint_state`)."""
-    missing = set(saved["model"]) - set(state.unwrapped.state_dict())
+    current = state.unwrapped.state_dict()
+    missing = set(saved["model"]) - set(current)
     if missing:
         raise TrainingError(f"checkpoint holds weights this model lacks: {sorted(missing)[:4]}")
+    wrong = [(k, tuple(v.shape), tuple(current[k].shape)) for k, v in saved["model"].items()
+             if isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(current[k].shape)]
+    if wrong:
+        name, theirs, ours = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensor(s))" if len(wrong) > 1 else ""
+        raise TrainingError(f"'{name}' has shape {theirs} in the checkpoint and {ours} in this model{more}")
     state.unwrapped.load_state_dict(saved["model"], strict=False)
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])

@@ -82,7 +82,7 @@ HOSTILE_CHECKPOINTS = {
     "pickled code in a plain pickle": (lambda run, marker: pickle.dumps(Payload(marker)), "not a plain-data checkpoint"),
     "a weight of another shape": (
         lambda run, marker: tampered(run, lambda s: s["model"].update({k: torch.zeros(3) for k in list(s["model"])[:1]})),
-        "does not fit this run",
+        r"does not fit this run \('[\w.]+' has shape \(3,\) in the checkpoint and \(\d+(, \d+)*\) in this model\)",
     ),
     "a missing part": (lambda run, marker: tampered(run, lambda s: s.pop("optimizer")), "does not fit this run"),
     "a NaN weight": (
