@@ -33,9 +33,9 @@ import transfer as T  # noqa: E402
 OPPONENTS = ("lora", "peft", "adalora")
 
 
-def names(rank: int) -> tuple[str, list[str]]:
-    """ElaLoRA's name at ``rank`` and its opponents' at twice it."""
-    return f"elalora@{rank}", [f"{o}@{2 * rank}" for o in OPPONENTS]
+def variants(rank: int) -> list[tuple[str, str, int]]:
+    """(name, svd_deficit variant, rank): ElaLoRA at ``rank``, then its opponents at twice it."""
+    return [(f"elalora@{rank}", "elalora", rank)] + [(f"{o}@{2 * rank}", o, 2 * rank) for o in OPPONENTS]
 
 
 def run(args) -> None:
@@ -52,8 +52,7 @@ def run(args) -> None:
     for seed in args.seeds:
         for lr in args.lrs:
             for rank in args.ranks:
-                for name, (variant, r) in {names(rank)[0]: ("elalora", rank),
-                                           **{n: (n.split("@")[0], 2 * rank) for n in names(rank)[1]}}.items():
+                for name, variant, r in variants(rank):
                     kind, overrides, _ = D.VARIANTS[variant]
                     settings = T.Settings(**base, rank=r)
                     result = T.train_one(kind, overrides, settings, lr, seed, backbone, data)
@@ -68,7 +67,7 @@ def run(args) -> None:
 def tables(path: str, ranks) -> str:
     out = []
     for rank in ranks:
-        mine, theirs = names(rank)
+        mine, *theirs = [name for name, _, _ in variants(rank)]
         out += [f"### ElaLoRA at rank {rank} against the others at rank {2 * rank}", "",
                 D.summarise([path], None, tuple(theirs), [mine, *theirs]), ""]
     return "\n".join(out)

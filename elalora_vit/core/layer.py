@@ -246,11 +246,10 @@ class AdaptedLinear(nn.Module):
         conv = self.base_layer
         n, capacity, _ = self.lora_A.shape
         kernels = self.lora_A.reshape(n * capacity, conv.in_channels, *conv.kernel_size)
-        if conv.padding_mode != "zeros":
-            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
-            z = F.conv2d(self.dropout(x), kernels, None, conv.stride, 0, conv.dilation)
-        else:
-            z = F.conv2d(self.dropout(x), kernels, None, conv.stride, conv.padding, conv.dilation)
+        padding = conv.padding
+        if conv.padding_mode != "zeros":  # padded as nn.Conv2d pads it, then convolved unpadded
+            x, padding = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), 0
+        z = F.conv2d(self.dropout(x), kernels, None, conv.stride, padding, conv.dilation)
         z = z * self.slot_scale().reshape(1, n * capacity, 1, 1)
         left = self.lora_B.reshape(n * self.part_features, capacity, 1, 1)
         return F.conv2d(z, left, groups=n)
