@@ -64,8 +64,11 @@ def _hand_loop(model, config):
     for _ in range(EPOCHS):
         for i in range(0, len(batches), ACCUMULATE):
             for x, y in batches[i:i + ACCUMULATE]:
-                loss = F.cross_entropy(model(x), y) + config.orth_reg_weight * orthogonal_regularization(model)
-                (loss / ACCUMULATE).backward()
+                # The regulariser's gradient in a second backward pass, as the callback adds it, so
+                # that both sum the same gradients in the same order (one pass rounds differently,
+                # and Adam's normalised steps grow that to ~1e-2 over the run on some machines).
+                (F.cross_entropy(model(x), y) / ACCUMULATE).backward()
+                (config.orth_reg_weight / ACCUMULATE * orthogonal_regularization(model)).backward()
             optimizer.step()
             allocator.step(optimizer)
             optimizer.zero_grad()
@@ -101,9 +104,7 @@ def test_the_callback_makes_the_hand_written_loops_decisions_under_accumulation(
     assert trainer.global_step == STEPS
     assert callback.allocator.step_count == STEPS and callback.allocator.total_steps == STEPS
     assert _decisions(callback.allocator) == _decisions(hand_alloc)
-    # The regulariser's gradient is added by a second backward pass, the hand loop's in the same
-    # one: the sums round differently (differences ~1e-4 after 24 Adam steps; ~0.3 without it).
-    _assert_same(_state(fitted), _state(hand), atol=2e-3)
+    _assert_same(_state(fitted), _state(hand))
 
 
 def test_a_resumed_fit_makes_the_decisions_of_an_uninterrupted_one(tmp_path):
