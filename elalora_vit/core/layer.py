@@ -175,6 +175,13 @@ class AdaptedLinear(nn.Module):
         """Per-slot multiplier of shape (n, R): what multiplies ``right @ x``."""
         raise NotImplementedError
 
+    def scale_slots(self, z: Tensor, dim: int) -> Tensor:
+        """``z * slot_scale()``, the (n * R) slots along dimension ``dim`` of ``z``.  Under
+        autocast the fp32 scale is cast to ``z``'s half precision, so the activations are not
+        promoted back to fp32 (the scale's gradient comes back to fp32 through the cast)."""
+        scale = self.slot_scale().reshape([-1 if d == dim % z.dim() else 1 for d in range(z.dim())])
+        return z * (scale if scale.dtype == z.dtype else scale.to(z.dtype))
+
     def active_slots(self, part: int) -> Tensor:
         """Indices of the active slots of part ``part``, shape (rank,); none for an excluded part."""
         return torch.arange(0 if self.is_excluded(part) else self.capacity, device=self.lora_A.device)
@@ -230,7 +237,7 @@ class AdaptedLinear(nn.Module):
         n, capacity, d_in = right.shape
         # z = Q x for every slot of every part, then scaled by lambda * mask * alpha / r.
         z = F.linear(self.dropout(x), right.reshape(n * capacity, d_in))
-        z = z * self.slot_scale().reshape(n * capacity)
+        z = self.scale_slots(z, -1)
         if n == 1:
             delta = F.linear(z, self.lora_B[0])
         else:
@@ -250,7 +257,7 @@ class AdaptedLinear(nn.Module):
         if conv.padding_mode != "zeros":  # padded as nn.Conv2d pads it, then convolved unpadded
             x, padding = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), 0
         z = F.conv2d(self.dropout(x), kernels, None, conv.stride, padding, conv.dilation)
-        z = z * self.slot_scale().reshape(1, n * capacity, 1, 1)
+        z = self.scale_slots(z, 1)
         left = self.lora_B.reshape(n * self.part_features, capacity, 1, 1)
         return F.conv2d(z, left, groups=n)
 
@@ -399,19 +406,19 @@ class SVDLinear(AdaptedLinear):
 
     def slot_scale(self) -> Tensor:
         if torch.compiler.is_compiling():  # the compiler fuses the product: nothing to cache
-            return self.lora_theta * self.lambda_scale * self.rank_mask * self.scaling
-        # theta * (s * mask) is bit for bit (theta * s) * mask: mask is 0 or 1.
-        return self.lora_theta * self.slot_factor() * self.scaling
+            return self.lora_theta * (self.lambda_scale * self.rank_mask * self.scaling)
+        return self.lora_theta * self.slot_factor()
 
     def slot_factor(self) -> Tensor:
-        """``lambda_scale * rank_mask``, shape (n, R): the constant part of the slot scale,
-        recomputed only when the mask or ``lambda_scale`` changed (a round, a load: torch counts
-        every in-place write in a tensor's version), so a step skips the mask's conversion."""
+        """``lambda_scale * rank_mask * scaling``, shape (n, R): the constant part of the slot
+        scale, recomputed only when the mask, ``lambda_scale`` or ``scaling`` changed (a round, a
+        load: torch counts every in-place write in a tensor's version), so a step skips the
+        mask's conversion and two multiplies."""
         key = (id(self.rank_mask), self.rank_mask._version, id(self.lambda_scale), self.lambda_scale._version,
-               self.lora_theta.dtype, self.lora_theta.device)
+               self.scaling, self.lora_theta.dtype, self.lora_theta.device)
         if getattr(self, "_slot_factor_key", None) != key:
             with torch.no_grad():
-                self._slot_factor = self.lambda_scale * self.rank_mask.to(self.lora_theta.dtype)
+                self._slot_factor = self.lambda_scale * self.rank_mask.to(self.lora_theta.dtype) * self.scaling
             self._slot_factor_key = key
         return self._slot_factor
 

@@ -26,36 +26,62 @@ def orthogonal_regularization(model_or_layers: nn.Module | Iterable[SVDLinear]) 
         layers = list(model_or_layers)
     if not layers:
         raise ValueError("orthogonal_regularization: the model has no SVD adapters")
-    norms = []
-    for group in _same_shape_groups(layers):
-        # The adapters of all layers of one shape (a ViT has four shapes) are
-        # batched: a handful of kernels per shape instead of a dozen per layer.
-        Q = _cat([layer.lora_A for layer in group])  # (m, R, d_in)
-        P = _cat([layer.lora_B for layer in group])  # (m, d_part, R)
-        both_active, eye = _group_masks(group, Q.dtype)
-        norms.append(torch.linalg.matrix_norm(_Gram.apply(Q) * both_active - eye))  # Q Q^T
-        norms.append(torch.linalg.matrix_norm(_Gram.apply(P.mT) * both_active - eye))  # P^T P
+    # The adapters of all layers of one shape (a ViT has three or four shapes) are batched, and
+    # the whole of R is one autograd node with its gradient written out: a few kernels per shape,
+    # forward and backward, instead of a dozen per layer.
+    groups = _same_shape_groups(layers)
+    masks = [mask for group in groups for mask in _group_masks(group, group[0].lora_A.dtype)]
+    factors = [layer.lora_A for group in groups for layer in group] + [layer.lora_B for group in groups for layer in group]
     # One norm per matrix, 2 per adapter; an excluded part (no active slot) has norms 0 and is
     # no adapter, so it does not count in the mean either.
     adapters = sum(layer.n_parts - len(layer.excluded_parts) for layer in layers)
-    return torch.cat(norms).sum() / (2 * adapters)
+    sizes = tuple(tuple(layer.n_parts for layer in group) for group in groups)
+    return _Regulariser.apply(sizes, 1.0 / (2 * adapters), *masks, *factors)
 
 
-class _Gram(torch.autograd.Function):
-    """``X X^T`` for a batch of matrices X (m, R, d), with a backward of one
-    matmul, ``(G + G^T) X``, where autograd's generic one takes two matmuls and
-    a sum of two (m, R, d) tensors."""
+class _Regulariser(torch.autograd.Function):
+    """``scale * sum ||(Q Q^T) o B - E||_F + ||(P^T P) o B - E||_F`` over the matrices of every
+    group, with ``B`` the both-active mask and ``E`` the identity on the active slots.
+
+    Its gradient, written out: with ``D = (X X^T) o B - E`` (symmetric, zero outside ``B``) and
+    ``N = ||D||_F``, ``dN / dX = 2 D X / N`` (and 0 where ``N = 0``: an excluded part), so an
+    inactive slot, a zero row and column of ``D``, gets no gradient.  It runs in fp32 (or the
+    factors' float64) under autocast too: near orthonormality ``D`` is a small difference.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x @ x.mT
+    def forward(ctx, sizes, scale, *tensors):
+        n_groups = len(sizes)
+        masks, factors = tensors[: 2 * n_groups], tensors[2 * n_groups:]
+        layers = sum(len(parts) for parts in sizes)
+        As, Bs = factors[:layers], factors[layers:]
+        norms, saved, start = [], [], 0
+        with torch.autocast(As[0].device.type, enabled=False):
+            for g, parts in enumerate(sizes):
+                both, eye = masks[2 * g], masks[2 * g + 1]
+                Q = _cat(As[start:start + len(parts)])  # (m, R, d_in)
+                P = _cat(Bs[start:start + len(parts)])  # (m, d_part, R)
+                start += len(parts)
+                for X, gram in ((Q, torch.bmm(Q, Q.mT)), (P, torch.bmm(P.mT, P))):
+                    D = torch.addcmul(eye, gram, both, value=-1)  # -D: the sign is undone in backward
+                    N = torch.linalg.vector_norm(D, dim=(-2, -1), keepdim=True)  # (m, 1, 1)
+                    norms.append(N)
+                    saved += [X, D.div_(N.clamp_min(torch.finfo(D.dtype).tiny))]  # -D / N, 0 where N = 0
+        ctx.sizes = sizes
+        ctx.scale = scale
+        ctx.save_for_backward(*saved)
+        return torch.cat(norms).sum() * scale
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        grad = grad.to(x.dtype)  # under autocast the forward matmul ran in half precision
-        return (grad + grad.mT) @ x
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        coef = grad * (-2 * ctx.scale)  # -2: the sign of the saved -D / N
+        grads_A, grads_B = [], []
+        for g, parts in enumerate(ctx.sizes):
+            Q, DQ, P, DP = saved[4 * g: 4 * g + 4]
+            grads_A += torch.bmm(DQ, Q).mul_(coef).split(parts)
+            grads_B += torch.bmm(P, DP).mul_(coef).split(parts)
+        return (None, None, *([None] * 2 * len(ctx.sizes)), *grads_A, *grads_B)
 
 
 def _group_masks(group: list[SVDLinear], dtype: torch.dtype) -> tuple[Tensor, Tensor]:

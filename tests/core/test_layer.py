@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from elalora_vit import ElaLoRAConfig, LoRALinear, SVDLinear, find_adapters, patch_model
 from tests.conftest import QKV_SPLIT, VIT_TARGETS
@@ -153,3 +154,47 @@ def test_training_through_merged_adapters_warns_and_eval_does_not():
     with _warnings.catch_warnings():
         _warnings.simplefilter("error", MergedTrainingWarning)
         model(x).sum().backward()  # unmerged: no warning, gradients flow
+
+
+def _reference_forward(layer, x):
+    """The SVD layer's output from its definition, every factor through plain autograd."""
+    scale = layer.lora_theta * layer.lambda_scale * layer.rank_mask * layer.scaling  # (n, R)
+    out = []
+    for part in range(layer.n_parts):
+        z = F.linear(x, layer.lora_A[part]) * scale[part]
+        out.append(F.linear(z, layer.lora_B[part]))
+    return layer.base_layer(x) + torch.cat(out, dim=-1)
+
+
+def test_the_scaled_slots_node_gives_autograds_gradients():
+    torch.manual_seed(0)
+    layer = SVDLinear(nn.Linear(6, 9), ["q", "k", "v"], rank=2, capacity=4, scaling=1.5, init="gaussian",
+                      init_std=0.5, lambda_scale=7.0)
+    with torch.no_grad():
+        layer.lora_theta.normal_()
+        layer.rank_mask[1, 1] = False  # an inactive slot between active ones
+        layer.rank_mask[2, 3] = True
+    x = torch.randn(2, 5, 6, requires_grad=True)
+    params = [x, layer.lora_A, layer.lora_theta, layer.lora_B]
+    w = torch.randn(2, 5, 9)
+    got = torch.autograd.grad((layer(x) * w).sum(), params)
+    want = torch.autograd.grad((_reference_forward(layer, x) * w).sum(), params)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)
+    assert got[2][1, 1] == 0  # the inactive slot's theta gets nothing
+
+
+def test_under_autocast_the_update_stays_in_half_precision_and_theta_grads_in_fp32():
+    torch.manual_seed(0)
+    layer = SVDLinear(nn.Linear(16, 16), None, rank=4, capacity=8, scaling=2.0, init="gaussian", init_std=0.3)
+    with torch.no_grad():
+        layer.lora_theta.normal_()
+    x = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        z = F.linear(x, layer.lora_A.reshape(-1, 16))
+        assert layer.scale_slots(z, -1).dtype == torch.bfloat16  # no promotion back to fp32
+    out.float().sum().backward()
+    assert layer.lora_theta.grad.dtype == torch.float32 and torch.isfinite(layer.lora_theta.grad).all()
+    reference = torch.autograd.grad(_reference_forward(layer, x).sum(), layer.lora_theta)[0]
+    torch.testing.assert_close(layer.lora_theta.grad, reference, rtol=0.05, atol=0.05)

@@ -44,11 +44,11 @@ def test_outputs_equal_the_merged_model_and_no_parameter_changes(method):
 def test_inside_it_the_adapter_path_is_not_computed(monkeypatch):
     model = _trained_vit().eval()
 
-    def no_adapter_path(self):
+    def no_adapter_path(self, *args):
         raise AssertionError("the adapter's own path ran inside merged_inference")
 
     with merged_inference(model):
-        monkeypatch.setattr(type(next(layer for _, layer in adapted_layers(model))), "slot_scale", no_adapter_path)
+        monkeypatch.setattr(type(next(layer for _, layer in adapted_layers(model))), "scale_slots", no_adapter_path)
         with torch.no_grad():
             model(torch.randn(2, 3, 32, 32))
 
