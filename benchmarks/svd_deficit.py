@@ -58,7 +58,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import transfer as T  # noqa: E402
 from elalora_vit.core import layer as L  # noqa: E402
+from elalora_vit.core.allocator import RankAllocator  # noqa: E402
 from elalora_vit.sweep.stats import t_interval  # noqa: E402
+
+_ORIGINAL_EXPAND = RankAllocator._expand
 
 
 class _ForwardScale(torch.autograd.Function):
@@ -148,6 +151,70 @@ def _aligned_setup(setup):
     return patched
 
 
+def _as_lora_setup(train_lambda: bool):
+    """LoRA's start and dynamics in the SVD layer: Q is LoRA's A (the same draws), P = 0 as
+    LoRA's B, lambda = 1; theta frozen unless ``train_lambda``.
+    With theta frozen and no regulariser the layer *is* LoRA (B = P, A = Q): the first rung
+    of the ladder from LoRA to ``b0``."""
+    def wrap(setup):
+        def patched(model, cfg, total_steps):
+            method = setup(model, cfg, total_steps)
+            # The draws of our LoRA's A, in its order, from the generator patch_model seeds:
+            # the active slots' Q is exactly LoRA's A on the same seed (common random numbers).
+            generator = torch.Generator().manual_seed(method.adapter_config.seed)
+            with torch.no_grad():
+                for _, layer in L.adapted_layers(model):
+                    bound = 1.0 / layer.in_features ** 0.5
+                    n, rank = layer.n_parts, cfg.adapter.rank
+                    layer.lora_A.zero_()
+                    layer.lora_A[:, :rank] = (torch.rand((n, rank, layer.in_features), generator=generator) * 2 - 1) * bound
+                    layer.lora_B.zero_()
+                    layer.lora_theta.fill_(1.0 / float(layer.lambda_scale))  # lambda = 1
+                    layer._zero_excluded_factors()
+                    layer.lora_theta.requires_grad_(train_lambda)
+            return method
+        return patched
+    return wrap
+
+
+def _lora_rate_setup(setup):
+    """lambda_scale of each layer set to sqrt(d_part / 3): the SVD update's first steps grow at
+    LoRA's rate.  (Under Adam LoRA's B column moves by lr * sqrt(d_out) a step against an A
+    row of norm 1 / sqrt(3); with unit P and Q, lambda moves by lambda_scale * lr.)"""
+    def patched(model, cfg, total_steps):
+        method = setup(model, cfg, total_steps)
+        with torch.no_grad():
+            for _, layer in L.adapted_layers(model):
+                lam = layer.lambdas()
+                layer.lambda_scale.fill_((layer.part_features / 3) ** 0.5)
+                layer.set_lambdas(lam)
+        return method
+    return patched
+
+
+def _lora_like_expand(self, adapter, optimizer):
+    """A grown rank started as LoRA starts one: Q a unit row orthogonal to the active ones,
+    P's column 0 and lambda 1 (the function does not jump: P's column is 0)."""
+    slot = _ORIGINAL_EXPAND(self, adapter, optimizer)
+    li, part = self._owner[adapter]
+    layer = self.layers[li]
+    with torch.no_grad():
+        layer.lora_B[part, :, slot] = 0.0
+        layer.lora_theta[part, slot] = 1.0 / float(layer.lambda_scale)
+    return slot
+
+
+def _lora_start_reallocation_setup(setup):
+    as_lora = _as_lora_setup(True)(setup)
+
+    def patched(model, cfg, total_steps):
+        method = as_lora(model, cfg, total_steps)
+        allocator = method.allocator
+        allocator._expand = _lora_like_expand.__get__(allocator)
+        return method
+    return patched
+
+
 # name -> (kind, adapter overrides, changes: slot_scale / regularizer / setup / optim overrides)
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "lora": ("lora", {}, {}),
@@ -161,6 +228,20 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "b0-no-decay": ("elalora", {"b": 0}, {"optim": {"weight_decay": 0.0}}),
     "b0-unit-norm": ("elalora", {"b": 0}, {"slot_scale": _unit_norm_slot_scale}),
     "b0-aligned": ("elalora", {"b": 0}, {"slot_scale": _unit_norm_slot_scale, "setup": _aligned_setup}),
+    # The ladder from LoRA to b0 (issue 24, third round): one change of the SVD form at a time.
+    "ladder-1-as-lora": ("elalora", {"b": 0, "orth_reg_weight": 0.0}, {"setup": _as_lora_setup(False)}),
+    "ladder-2-lambda": ("elalora", {"b": 0, "orth_reg_weight": 0.0}, {"setup": _as_lora_setup(True)}),
+    "ladder-2r-reg": ("elalora", {"b": 0}, {"setup": _as_lora_setup(False)}),
+    "ladder-3-lambda-reg": ("elalora", {"b": 0}, {"setup": _as_lora_setup(True)}),
+    "ladder-4-no-reg": ("elalora", {"b": 0, "orth_reg_weight": 0.0}, {}),
+    # Candidate fixes of the rung the ladder points at (lambda's speed-up)
+    "b0-s5": ("elalora", {"b": 0, "lambda_lr_multiplier": 5.0}, {}),
+    "b0-lora-rate": ("elalora", {"b": 0}, {"setup": _lora_rate_setup}),
+    "elalora-lora-rate": ("elalora", {}, {"setup": _lora_rate_setup}),
+    "ladder-2-s1": ("elalora", {"b": 0, "orth_reg_weight": 0.0, "lambda_lr_multiplier": 1.0}, {"setup": _as_lora_setup(True)}),
+    "ladder-3-s1": ("elalora", {"b": 0, "lambda_lr_multiplier": 1.0}, {"setup": _as_lora_setup(True)}),
+    # the candidate with reallocation: LoRA's start, lambda at s = 1, grown ranks started as LoRA's
+    "elalora-lora-start-s1": ("elalora", {"lambda_lr_multiplier": 1.0}, {"setup": _lora_start_reallocation_setup}),
 }
 
 
@@ -245,6 +326,28 @@ def summarise(paths: list[str], lrs: list[float] | None, opponents=("lora", "pef
     return "\n".join(lines)
 
 
+def paired_by_rate(paths: list[str], base: str, variants: list[str]) -> str:
+    """Markdown: each variant minus ``base`` at every rate, paired by seed, and pooled over the
+    rates (each (rate, seed) pair once): how much one change costs, whatever rate a user picks."""
+    runs = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    cell = {(r["method"], r["lr"], r["seed"]): r["test_acc"] for r in runs}
+    grid = sorted({r["lr"] for r in runs if r["method"] == base})
+    lines = [f"| variant − {base} | " + " | ".join(f"at {lr:g}" for lr in grid) + " | pooled over the rates |",
+             "|---|" + "---|" * (len(grid) + 1)]
+    for m in variants:
+        row, pooled = [], []
+        for lr in grid:
+            diffs = [cell[m, lr, s] - cell[base, lr, s] for (mm, ll, s) in sorted(cell) if mm == m and ll == lr
+                     and (base, lr, s) in cell]
+            pooled += diffs
+            ci = t_interval(diffs) if len(diffs) > 1 else None
+            row.append(f"{ci.mean:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}] (n {len(diffs)})" if ci else "-")
+        ci = t_interval(pooled) if len(pooled) > 1 else None
+        row.append(f"**{ci.mean:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]** (n {len(pooled)})" if ci else "-")
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=("digits", "counting"), default="digits",
@@ -259,9 +362,14 @@ def main(argv=None) -> None:
     p.add_argument("--tag", default="", help="appended to each variant's name in --out (e.g. @8 for the rank)")
     p.add_argument("--opponents", nargs="+", default=["lora", "peft"], help="--summarise: the variants to pair against")
     p.add_argument("--summarise", nargs="+", metavar="JSONL", help="only print the table of earlier runs")
+    p.add_argument("--paired-against", metavar="VARIANT",
+                   help="--summarise: instead, each of --variants minus this one at every rate and pooled over them")
     p.add_argument("--cache-dir", default=T.parse_args([]).cache_dir, help="where pre-trained backbones are cached")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.summarise and args.paired_against:
+        print(paired_by_rate(args.summarise, args.paired_against, args.variants))
+        return
     if args.summarise:
         given = argv or sys.argv
         print(summarise(args.summarise, args.lrs if "--lrs" in given else None, tuple(args.opponents),
