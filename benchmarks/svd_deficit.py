@@ -37,8 +37,19 @@ Variants (each one change to ElaLoRA with ``b = 0``, unless named otherwise):
 - ``b0-aligned``: ``b0-unit-norm``, with P and Q set at the first step to the top singular
   vectors of that step's gradient of W (a gradient-aligned start, as LoRA-GA).
 
+- the ladder from LoRA to ``b0`` (third round), on common random numbers (Q's active rows are
+  our LoRA's A on the same seed): ``ladder-1-as-lora`` (LoRA in the SVD layer: P = 0,
+  lambda fixed at 1, no regulariser), ``ladder-2-lambda`` (+ lambda trained at the 20x
+  speed-up), ``ladder-2r-reg`` (rung 1 + the regulariser), ``ladder-3-lambda-reg`` (both),
+  ``ladder-2-s1`` / ``ladder-3-s1`` (rungs 2 / 3 with lambda at s = 1), ``ladder-4-no-reg``
+  (``b0`` without the regulariser); ``b0-s5``, ``b0-lora-rate`` (smaller speed-ups from b0's
+  own start); ``elalora-lora-start-s1``: the candidate with reallocation (LoRA's start, lambda
+  at s = 1, grown ranks started as LoRA's: P's column 0, lambda 1).
+
 The variants are changes to this process's copy of the layer (monkeypatches, undone after
-each run), not options of the package: none of them closed the deficit (BENCHMARKS.md).
+each run), not options of the package. The first round's six closed nothing; the ladder
+found the cost in lambda's speed-up, and the candidate is measured in BENCHMARKS.md, "Where
+the SVD form loses".
 """
 
 from __future__ import annotations
