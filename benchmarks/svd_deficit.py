@@ -343,13 +343,13 @@ def paired_by_rate(paths: list[str], base: str, variants: list[str]) -> str:
     runs = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
     cell = {(r["method"], r["lr"], r["seed"]): r["test_acc"] for r in runs}
     grid = sorted({r["lr"] for r in runs if r["method"] == base})
+    seeds = sorted({r["seed"] for r in runs})
     lines = [f"| variant − {base} | " + " | ".join(f"at {lr:g}" for lr in grid) + " | pooled over the rates |",
              "|---|" + "---|" * (len(grid) + 1)]
     for m in variants:
         row, pooled = [], []
         for lr in grid:
-            diffs = [cell[m, lr, s] - cell[base, lr, s] for (mm, ll, s) in sorted(cell) if mm == m and ll == lr
-                     and (base, lr, s) in cell]
+            diffs = [cell[m, lr, s] - cell[base, lr, s] for s in seeds if (m, lr, s) in cell and (base, lr, s) in cell]
             pooled += diffs
             ci = t_interval(diffs) if len(diffs) > 1 else None
             row.append(f"{ci.mean:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}] (n {len(diffs)})" if ci else "-")
