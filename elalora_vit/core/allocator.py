@@ -225,8 +225,10 @@ class RankAllocator:
 
     @torch.no_grad()
     def _expand(self, adapter: int, optimizer) -> int:
-        """Activate the first free slot: Gram-Schmidt directions for P and Q, lambda = 0.
-        Returns the slot."""
+        """Activate the first free slot and return it.  Q's new row is a random unit vector
+        orthogonal to the active rows (Gram-Schmidt).  With ``init="lora"`` the rank starts as
+        LoRA's do: P's column 0, lambda = 1; otherwise P's column is likewise orthogonal to the
+        active ones and lambda = 0.  Either way the function does not jump."""
         li, part = self._owner[adapter]
         layer = self.layers[li]
         if layer.is_excluded(part):  # not an adapter: never a row of a round; refused for any other caller
@@ -236,8 +238,12 @@ class RankAllocator:
         active = layer.active_slots(part)
         Q, P = layer.lora_A[part], layer.lora_B[part]
         Q[slot] = _orthogonal_unit_vector(Q[active], self.generator).to(Q)
-        P[:, slot] = _orthogonal_unit_vector(P[:, active].T, self.generator).to(P)
-        layer.lora_theta[part, slot] = 0.0  # lambda = 0: the function does not jump
+        if self.config.init == "lora":
+            P[:, slot] = 0.0
+            layer.set_lambdas(1.0, (part, slot))
+        else:
+            P[:, slot] = _orthogonal_unit_vector(P[:, active].T, self.generator).to(P)
+            layer.lora_theta[part, slot] = 0.0
         mask[slot] = True
         self._reset_slot_state(li, part, slot, optimizer, grown=True)
         return slot

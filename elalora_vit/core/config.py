@@ -15,6 +15,12 @@ SCHEDULE_SHAPES = ("cubic", "linear", "cosine", "constant")
 live in :mod:`elalora_vit.core.schedule`."""
 
 
+INITS = ("lora", "orthogonal", "gaussian")
+"""How an SVD adapter's factors start (``ElaLoRAConfig.init``): ``lora`` (LoRA's start: Q's
+rows as LoRA's A, P = 0, lambda = 1), ``orthogonal`` (orthonormal P and Q, lambda = 0) or
+``gaussian`` (P, Q ~ N(0, init_std^2), lambda = 0, as AdaLoRA)."""
+
+
 class ConfigError(ValueError):
     """An invalid configuration value: the message names the key and what is allowed."""
 
@@ -44,15 +50,18 @@ class ElaLoRAConfig:
     is counted in optimizer steps.  Each field's default and meaning are declared
     once, below; the training config's adapter section is derived from them.
 
-    Why these defaults (``init="orthogonal"``, ``lambda_lr_multiplier=20``): with
-    ``lambda = 0`` and P, Q ~ N(0, 0.02^2), the update ``P diag(lambda) Q`` grows as
-    the product of three small factors, and under Adam a directly trained ``lambda`` would move by only
-    about ``lr`` per step, while LoRA's ``B`` moves by ``lr`` in every one of its
-    ``d_out`` entries.  At LoRA's learning rate the old defaults (gaussian, x1)
-    trailed LoRA by 8 points in ``benchmarks/transfer.py``; unit-norm directions
-    and a faster ``lambda`` close the gap and keep the method's semantics (the
-    function is unchanged at init, scores are computed as before).  See
-    BENCHMARKS.md, "Transfer learning: ElaLoRA vs LoRA at equal budget".
+    Why these defaults (``init="lora"``, ``lambda_lr_multiplier=1``): each adapter starts
+    as LoRA starts, in SVD form: Q's active rows are LoRA's A (uniform in +-1/sqrt(d_in)),
+    P = 0 as LoRA's B and lambda = 1, so the function is unchanged at init and P has a
+    gradient from the first step; a grown rank starts the same way (a unit row of Q
+    orthogonal to the active ones, P's column 0, lambda 1).  METHOD.md's start (lambda = 0,
+    P and Q random) gives no factor a gradient until lambda moves; the previous defaults
+    made up for it with a 20x faster lambda, and that speed-up was measured to be what cost
+    the SVD form about 1.4 points against LoRA with no reallocation: lambda moved ~20 x lr a
+    step and shook every singular value.  With LoRA's start, the SVD form with no
+    reallocation is level with LoRA, and reallocation adds to it.  See BENCHMARKS.md,
+    "Where the SVD form loses".  ``init="orthogonal"`` with ``lambda_lr_multiplier=20`` are
+    the previous defaults.
 
     ``lambda_lr_multiplier`` lives in the adapter, not in the optimizer: the layer
     stores ``lambda = s * theta`` with the fixed scale ``s = lambda_lr_multiplier``
@@ -70,10 +79,12 @@ class ElaLoRAConfig:
     max_rank: int | None = setting(None, "fixed capacity of every adapter; 2 x rank when unset")
     alpha: float = setting(16.0, "scaling = alpha / rank (fixed when ranks change)")
     dropout: float = setting(0.0, "dropout on the adapter input (0 disables it)")
-    init: str = setting("orthogonal", "orthogonal (orthonormal P, Q) | gaussian (std init_std, as AdaLoRA)")
+    init: str = setting(
+        "lora", "lora (Q as LoRA's A, P = 0, lambda = 1; grown ranks alike) | orthogonal (orthonormal P, Q, "
+        "lambda = 0) | gaussian (std init_std, lambda = 0, as AdaLoRA)")
     init_std: float = setting(0.02, "std of the random P and Q when init is gaussian")
     lambda_lr_multiplier: float = setting(
-        20.0, "lambda learns this much faster: the adapter stores lambda = this x theta (SVD adapters)")
+        1.0, "lambda learns this much faster: the adapter stores lambda = this x theta (SVD adapters)")
     k: int = setting(2, "candidates offered per adapter per round")
     b: int = setting(4, "ranks moved per round at the start of the adjustment phase")
     beta1: float = setting(0.85, "EMA factor of the sensitivity")
@@ -171,7 +182,7 @@ def check_adapter_values(values: Any) -> None:
         )
     check_value(v.alpha > 0, "alpha", v.alpha, "a number > 0")
     check_value(0.0 <= v.dropout < 1.0, "dropout", v.dropout, "a number in [0, 1)")
-    check_value(v.init in ("gaussian", "orthogonal"), "init", v.init, "'gaussian' or 'orthogonal'")
+    check_value(v.init in INITS, "init", v.init, " | ".join(INITS))
     check_value(v.init_std > 0, "init_std", v.init_std, "a number > 0")
     check_value(v.lambda_lr_multiplier > 0, "lambda_lr_multiplier", v.lambda_lr_multiplier, "a number > 0")
     check_value(isinstance(v.k, int) and v.k >= 1, "k", v.k, "an integer >= 1")

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ElaLoRAConfig
+from .config import INITS, ElaLoRAConfig
 
 
 class MergedTrainingWarning(UserWarning):
@@ -76,10 +76,13 @@ def is_adaptable_conv2d(module: nn.Module) -> bool:
 
 def linear_features(module: nn.Module) -> tuple[int, int] | None:
     """``(in_features, out_features)`` of a module adapters can wrap (``nn.Linear``,
-    ``Conv1D``, or an ungrouped ``nn.Conv2d``: its inputs per patch, ``C_in * kh * kw``), or
-    None for any other module."""
+    ``Conv1D``, an ungrouped ``nn.Conv2d``: its inputs per patch, ``C_in * kh * kw``, or an
+    ``nn.Embedding``: a linear map of the one-hot token, ``num_embeddings`` in), or None for
+    any other module."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
     if is_adaptable_conv2d(module):
         kh, kw = module.kernel_size
         return module.in_channels * kh * kw, module.out_channels
@@ -104,7 +107,7 @@ class AdaptedLinear(nn.Module):
         super().__init__()
         features = linear_features(base_layer)
         if features is None:
-            raise TypeError(f"adapters wrap nn.Linear, Conv1D or ungrouped nn.Conv2d modules, "
+            raise TypeError(f"adapters wrap nn.Linear, Conv1D, ungrouped nn.Conv2d or nn.Embedding modules, "
                             f"got {type(base_layer).__name__}")
         n_parts = len(parts) if parts else 1
         if features[1] % n_parts:
@@ -117,6 +120,9 @@ class AdaptedLinear(nn.Module):
         # Conv1D stores its weight as (in, out): the update is merged transposed (PEFT's fan_in_fan_out).
         self.fan_in_fan_out = is_conv1d(base_layer)
         self.conv = isinstance(base_layer, nn.Conv2d)  # Q as kernels, P as a 1 x 1 convolution
+        # an Embedding: Q's columns are looked up by token (Q times the one-hot input); its weight
+        # is (num_embeddings, dim), the update's transpose, as PEFT's Embedding LoRA has it
+        self.embedding = isinstance(base_layer, nn.Embedding)
         self.part_names: tuple[str | None, ...] = tuple(parts) if parts else (None,)
         self.excluded_parts: tuple[str, ...] = _checked_exclusion(self.part_names, excluded)
         self.capacity = capacity
@@ -127,8 +133,8 @@ class AdaptedLinear(nn.Module):
         self._inference_weight: Tensor | None = None
         self.adapter_config: ElaLoRAConfig | None = None  # what patch_model built it from
         base_layer.weight.requires_grad_(False)
-        if base_layer.bias is not None:
-            base_layer.bias.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
 
     # Expose the wrapped layer's attributes so code that reads them keeps working.
     @property
@@ -137,7 +143,7 @@ class AdaptedLinear(nn.Module):
 
     @property
     def bias(self) -> Tensor | None:
-        return self.base_layer.bias
+        return getattr(self.base_layer, "bias", None)  # an Embedding has none
 
     @property
     def in_features(self) -> int:
@@ -213,7 +219,7 @@ class AdaptedLinear(nn.Module):
         delta = self.delta_weight()
         if self.conv:
             return delta.reshape(self.base_layer.weight.shape)
-        return delta.T if self.fan_in_fan_out else delta
+        return delta.T if self.fan_in_fan_out or self.embedding else delta
 
     def forward(self, x: Tensor) -> Tensor:
         if self._inference_weight is not None:
@@ -230,13 +236,16 @@ class AdaptedLinear(nn.Module):
         if self.disabled:
             return result
         right = self.lora_A
-        if not torch.is_autocast_enabled() and x.dtype != right.dtype:
-            x = x.to(right.dtype)
-        if self.conv:
-            return result + self._conv_delta(x).to(result.dtype)
         n, capacity, d_in = right.shape
-        # z = Q x for every slot of every part, then scaled by lambda * mask * alpha / r.
-        z = F.linear(self.dropout(x), right.reshape(n * capacity, d_in))
+        if self.embedding:  # Q times the one-hot token: Q's column of the token (no dropout on an index)
+            z = F.embedding(x, right.reshape(n * capacity, d_in).T, padding_idx=self.base_layer.padding_idx)
+        else:
+            if not torch.is_autocast_enabled() and x.dtype != right.dtype:
+                x = x.to(right.dtype)
+            if self.conv:
+                return result + self._conv_delta(x).to(result.dtype)
+            # z = Q x for every slot of every part, then scaled by lambda * mask * alpha / r.
+            z = F.linear(self.dropout(x), right.reshape(n * capacity, d_in))
         z = self.scale_slots(z, -1)
         if n == 1:
             delta = F.linear(z, self.lora_B[0])
@@ -263,9 +272,12 @@ class AdaptedLinear(nn.Module):
 
     def _forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
         """The base layer's computation with ``weight`` (in the base layer's layout) in place of its own."""
-        bias = self.base_layer.bias
+        bias = self.bias
         if self.conv:
             return self.base_layer._conv_forward(x, weight, bias)
+        if self.embedding:
+            e = self.base_layer
+            return F.embedding(x, weight, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse)
         if not self.fan_in_fan_out:
             return F.linear(x, weight, bias)
         out = x.reshape(-1, weight.shape[0]) @ weight  # Conv1D: (in, out)
@@ -390,8 +402,19 @@ class SVDLinear(AdaptedLinear):
             for p in range(self.n_parts):
                 self.lora_A[p].copy_(_orthonormal_rows(self.capacity, self.in_features, generator))
                 self.lora_B[p].copy_(_orthonormal_rows(self.capacity, self.part_features, generator).T)
+        elif init == "lora":
+            # LoRA's start in SVD form: Q's active rows are LoRA's A (the same draws from the same
+            # generator), P = 0 as LoRA's B, lambda = 1. P has a gradient from the first step, as
+            # B has; the function is unchanged because P is 0.
+            rank = int(self.rank_mask.any(dim=0).sum())
+            self.lora_A.zero_()
+            self.lora_A[:, :rank] = _lora_a_init(self.n_parts, rank, self.in_features, generator)
+            self.lora_B.zero_()
+            self.lora_theta.copy_(self.rank_mask / self.lambda_scale)
+            self._zero_excluded_factors()
+            return
         else:
-            raise ValueError(f"unknown init {init!r}; expected 'gaussian' or 'orthogonal'")
+            raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
         self.lora_theta.zero_()
         self._zero_excluded_factors()
 
@@ -472,9 +495,7 @@ class LoRALinear(AdaptedLinear):
         n, d_in, d_part = self.n_parts, self.in_features, self.part_features
         factory = {"device": base_layer.weight.device, "dtype": _adapter_dtype(base_layer.weight)}
         self.scaling = float(scaling)
-        bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on an (r, d_in) matrix
-        A = (torch.rand((n, rank, d_in), generator=generator) * 2 - 1) * bound
-        self.lora_A = nn.Parameter(A.to(**factory))
+        self.lora_A = nn.Parameter(_lora_a_init(n, rank, d_in, generator).to(**factory))
         self.lora_B = nn.Parameter(torch.zeros(n, d_part, rank, **factory))
         scale = torch.full((n, rank), self.scaling, **factory) * self.part_inclusion().unsqueeze(1)
         self.register_buffer("_scale", scale, persistent=False)  # 0 for an excluded part
@@ -593,6 +614,13 @@ def _adapter_dtype(weight: Tensor) -> torch.dtype:
 
 def _randn(shape: torch.Size, generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator)
+
+
+def _lora_a_init(n: int, rank: int, d_in: int, generator: torch.Generator | None) -> Tensor:
+    """LoRA's (and PEFT's) A: ``kaiming_uniform_(a=sqrt(5))`` on each (rank, d_in) matrix,
+    i.e. uniform in +-1 / sqrt(d_in); shape (n, rank, d_in)."""
+    bound = 1.0 / math.sqrt(d_in)
+    return (torch.rand((n, rank, d_in), generator=generator) * 2 - 1) * bound
 
 
 def _orthonormal_rows(rows: int, cols: int, generator: torch.Generator | None) -> Tensor:

@@ -84,7 +84,7 @@ def match_targets(
             if linear_features(module) is None:
                 raise TargetError(
                     f"target {describe_target(target)} matches '{name}', a {type(module).__name__}; "
-                    "only nn.Linear, transformers Conv1D and ungrouped nn.Conv2d modules can be adapted "
+                    "only nn.Linear, transformers Conv1D, ungrouped nn.Conv2d and nn.Embedding modules can be adapted "
                     "(narrow the pattern or add an exclude)"
                 )
             selected[name] = None

@@ -27,7 +27,7 @@ and the allocator can then move its ranks.
 Why not ``get_peft_model(model, ElaLoraConfig(...))``: PEFT 0.21's
 ``register_peft_method`` accepts only names that are members of its closed ``PeftType``
 enum, so a method outside PEFT cannot register without altering PEFT's enum at run
-time.  The same calls exist on our own objects instead (:mod:`elalora_vit.core.folders`).
+time.  The same calls exist on our own objects instead (:mod:`elalora_vit.core.pretrained`).
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def export_peft(
         lora_dropout=0.0,
         bias="none",
         modules_to_save=list(modules_to_save) or None,
-        fan_in_fan_out=all(layer.fan_in_fan_out for _, layer in adapted_layers(model)),  # GPT-2's Conv1D
+        # GPT-2's Conv1D; PEFT's Embedding LoRA ignores the flag (its weight is always transposed)
+        fan_in_fan_out=all(layer.fan_in_fan_out for _, layer in adapted_layers(model) if not layer.embedding),
     )
     base = unpatch_model(copy.deepcopy(model))  # the trained modules_to_save come along
     peft_model = get_peft_model(base, config)
@@ -140,6 +141,10 @@ def _fill(peft_model, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> 
     root = peft_model.base_model.model
     for name, (A, B) in weights.items():
         module = root.get_submodule(name)
+        if "default" in getattr(module, "lora_embedding_A", {}):  # an Embedding LoRA: A (r, vocab), B (dim, r)
+            module.lora_embedding_A["default"].copy_(A)
+            module.lora_embedding_B["default"].copy_(B)
+            continue
         # a Conv2d LoRA holds A as kernels (r, C_in, kh, kw) and B as a 1 x 1 conv (d_out, r, 1, 1)
         module.lora_A["default"].weight.copy_(A.reshape(module.lora_A["default"].weight.shape))
         module.lora_B["default"].weight.copy_(B.reshape(module.lora_B["default"].weight.shape))
@@ -231,14 +236,20 @@ def _read_peft_lora(model: nn.Module, folder: Path, adapter_name: str):
     root = peft_model.base_model.model
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, module in root.named_modules():
-        if not isinstance(module, LoraLayer) or adapter_name not in getattr(module, "lora_A", {}):
+        if not isinstance(module, LoraLayer):
+            continue
+        if adapter_name in getattr(module, "lora_embedding_A", {}):  # an Embedding LoRA: A (r, vocab), B (dim, r)
+            A, B = module.lora_embedding_A[adapter_name].double(), module.lora_embedding_B[adapter_name].double()
+            factors[name] = (B * float(module.scaling[adapter_name]), A)
+            continue
+        if adapter_name not in getattr(module, "lora_A", {}):
             continue
         lora_a, lora_b = module.lora_A[adapter_name], module.lora_B[adapter_name]
         conv = isinstance(lora_a, nn.Conv2d) and isinstance(lora_b, nn.Conv2d) and lora_a.groups == 1 \
             and tuple(lora_b.kernel_size) == (1, 1) and tuple(lora_b.stride) == (1, 1)
         if not hasattr(lora_a, "weight") or (lora_a.weight.dim() != 2 and not conv):
             raise PeftImportError(f"module '{name}' is a {type(module.get_base_layer()).__name__} LoRA; only "
-                                  "Linear, Conv1D and ungrouped Conv2d LoRA modules can be imported")
+                                  "Linear, Conv1D, ungrouped Conv2d and Embedding LoRA modules can be imported")
         why = peft_conv_difference(module.get_base_layer())
         if why:
             raise PeftImportError(f"module '{name}' is a Conv2d with {why}, which PEFT's Conv2d LoRA ignores: "

@@ -117,7 +117,7 @@ def test_schedule_that_does_not_fit_is_a_clear_error():
 
 @pytest.mark.parametrize(
     "field, value, allowed",
-    [("rank", 0, ">= 1"), ("max_rank", 4, ">= rank"), ("beta1", 1.0, "[0, 1)"), ("adjust_interval", 0, ">= 1"), ("init", "xavier", "'gaussian'")],
+    [("rank", 0, ">= 1"), ("max_rank", 4, ">= rank"), ("beta1", 1.0, "[0, 1)"), ("adjust_interval", 0, ">= 1"), ("init", "xavier", "lora | orthogonal | gaussian")],
 )
 def test_invalid_config_names_the_key(field, value, allowed):
     kwargs = {"rank": 8, field: value}
