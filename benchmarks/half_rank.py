@@ -44,7 +44,7 @@ def run(args) -> None:
     model = dict(T.QUICK_MODEL if args.quick else T.FULL_MODEL)
     if args.width:
         model.update(embed_dim=args.width, num_heads=max(1, args.width // 64))
-    base = dict(model=model, shots_val=60, family=args.family)
+    base = dict(model=model, shots_val=60, family=args.family, adapter_defaults=dict(T.ADAPTER_DEFAULTS[args.defaults]))
     if args.quick:
         base.update(epochs=3, batch_size=50, pretrain_epochs=2)
     data = T.task_data(args.family, 20, 60)
@@ -85,6 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: a tiny model, one seed, one rate, 3 epochs")
     p.add_argument("--cache-dir", default=T.parse_args([]).cache_dir, help="where pre-trained backbones are cached")
     p.add_argument("--threads", type=int, default=1)
+    T.add_defaults_argument(p)
     args = p.parse_args(argv)
     if args.summarise:
         print(tables(args.summarise, args.ranks))

@@ -19,37 +19,46 @@ training images, 300 validation images, rank 8 on q, k, v, proj, fc1, fc2, AdamW
 training config's defaults, 50 epochs); each variant runs on the same seeds and rates, the
 rate of each variant is chosen on validation, and differences are paired by seed.
 
-Variants (each one change to ElaLoRA with ``b = 0``, unless named otherwise):
+Variants:
 
 - ``lora``, ``peft``: our LoRA and PEFT's ``LoraConfig`` (the opponents); ``elalora``: the
-  defaults, reallocation on; ``adalora``: our AdaLoRA (1.5 r pruned to r);
-- ``b0``: ElaLoRA with no reallocation, the form whose deficit is measured;
+  defaults, reallocation on; ``b0``: the defaults with no reallocation; ``adalora``: our
+  AdaLoRA (1.5 r pruned to r) on the same adapters;
+- ``--defaults previous`` runs every variant from the defaults before issue 24's fourth round
+  (``init="orthogonal"``: orthonormal P and Q, lambda = 0; ``lambda_lr_multiplier=20``):
+  the first round, the ladder and the tables made before it were measured so.
+
+The first round (``--defaults previous``): each one change to ``b0``:
+
 - ``b0-theta-grad``: theta's gradient is lambda's, not ``lambda_scale`` times it (a
   straight-through scale), so theta no longer dominates the clipped gradient norm: the
   "share of the gradient norm under clipping" candidate;
 - ``b0-squared-reg``: the regulariser with squared Frobenius norms (the paper's), smooth at
   orthonormality where the plain norm's gradient keeps a unit size;
-- ``b0-lora-start``: LoRA's start in SVD form (P = 0, lambda = 1): P has a gradient at step
-  1, as LoRA's B has (the "lambda = 0 start" candidate);
+- ``b0-lora-start``: LoRA's start in SVD form (P = 0, lambda = 1) at the 20x speed-up: P has
+  a gradient at step 1, as LoRA's B has (the "lambda = 0 start" candidate);
 - ``b0-no-decay``: weight decay 0 on every parameter (AdamW's 1e-4 otherwise);
 - ``b0-unit-norm``: P's columns and Q's rows divided by their norms in the forward (the
   magnitude lives in lambda alone);
 - ``b0-aligned``: ``b0-unit-norm``, with P and Q set at the first step to the top singular
   vectors of that step's gradient of W (a gradient-aligned start, as LoRA-GA).
 
-- the ladder from LoRA to ``b0`` (third round), on common random numbers (Q's active rows are
-  our LoRA's A on the same seed): ``ladder-1-as-lora`` (LoRA in the SVD layer: P = 0,
-  lambda fixed at 1, no regulariser), ``ladder-2-lambda`` (+ lambda trained at the 20x
-  speed-up), ``ladder-2r-reg`` (rung 1 + the regulariser), ``ladder-3-lambda-reg`` (both),
-  ``ladder-2-s1`` / ``ladder-3-s1`` (rungs 2 / 3 with lambda at s = 1), ``ladder-4-no-reg``
-  (``b0`` without the regulariser); ``b0-s5``, ``b0-lora-rate`` (smaller speed-ups from b0's
-  own start); ``elalora-lora-start-s1``: the candidate with reallocation (LoRA's start, lambda
-  at s = 1, grown ranks started as LoRA's: P's column 0, lambda 1).
+The ladder from LoRA to ``b0`` (third round, ``--defaults previous``): Q's active rows are drawn as our LoRA's
+A (same distribution, same generator and seed, but in module order where ``patch_model`` draws
+in target order, so only the first layer's draws coincide: paired by seed, not common random
+numbers): ``ladder-1-as-lora`` (LoRA in the SVD layer: P = 0, lambda fixed at 1, no
+regulariser), ``ladder-2-lambda`` (+ lambda trained at the 20x speed-up), ``ladder-2r-reg``
+(rung 1 + the regulariser), ``ladder-3-lambda-reg`` (both), ``ladder-2-s1`` / ``ladder-3-s1``
+(rungs 2 / 3 with lambda at s = 1), ``ladder-4-no-reg`` (``b0-previous`` without the
+regulariser); ``b0-s5``, ``b0-lora-rate`` (smaller speed-ups from the previous start);
+``elalora-lora-start-s1``: the candidate with reallocation as measured then (LoRA's start,
+lambda at s = 1, grown ranks started as LoRA's: P's column 0, lambda 1), which became the
+package's ``init="lora"`` and ``lambda_lr_multiplier=1`` (the package draws Q exactly as our
+LoRA draws A, and draws no discarded P direction when a rank grows).
 
-The variants are changes to this process's copy of the layer (monkeypatches, undone after
-each run), not options of the package. The first round's six closed nothing; the ladder
-found the cost in lambda's speed-up, and the candidate is measured in BENCHMARKS.md, "Where
-the SVD form loses".
+Apart from the package's settings, the variants are changes to this process's copy of the layer
+(monkeypatches, undone after each run). The first round's six closed nothing; the ladder found
+the cost in lambda's speed-up; BENCHMARKS.md, "Where the SVD form loses", has every table.
 """
 
 from __future__ import annotations
@@ -230,16 +239,17 @@ def _lora_start_reallocation_setup(setup):
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "lora": ("lora", {}, {}),
     "peft": ("peft-lora", {}, {}),
-    "elalora": ("elalora", {}, {}),
+    "elalora": ("elalora", {}, {}),  # the defaults (LoRA's start, lambda at s = 1)
     "adalora": ("adalora", {}, {}),
-    "b0": ("elalora", {"b": 0}, {}),
+    "b0": ("elalora", {"b": 0}, {}),  # the defaults with no reallocation
+    # First round: one change each to b0 (run with --defaults previous).
     "b0-theta-grad": ("elalora", {"b": 0}, {"slot_scale": _theta_grad_slot_scale}),
     "b0-squared-reg": ("elalora", {"b": 0}, {"regularizer": _squared_regularizer}),
     "b0-lora-start": ("elalora", {"b": 0}, {"setup": _lora_start_setup}),
     "b0-no-decay": ("elalora", {"b": 0}, {"optim": {"weight_decay": 0.0}}),
     "b0-unit-norm": ("elalora", {"b": 0}, {"slot_scale": _unit_norm_slot_scale}),
     "b0-aligned": ("elalora", {"b": 0}, {"slot_scale": _unit_norm_slot_scale, "setup": _aligned_setup}),
-    # The ladder from LoRA to b0 (issue 24, third round): one change of the SVD form at a time.
+    # The ladder from LoRA to b0 (issue 24, third round, --defaults previous): one change of the SVD form at a time.
     "ladder-1-as-lora": ("elalora", {"b": 0, "orth_reg_weight": 0.0}, {"setup": _as_lora_setup(False)}),
     "ladder-2-lambda": ("elalora", {"b": 0, "orth_reg_weight": 0.0}, {"setup": _as_lora_setup(True)}),
     "ladder-2r-reg": ("elalora", {"b": 0}, {"setup": _as_lora_setup(False)}),
@@ -249,10 +259,13 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "b0-s5": ("elalora", {"b": 0, "lambda_lr_multiplier": 5.0}, {}),
     "b0-lora-rate": ("elalora", {"b": 0}, {"setup": _lora_rate_setup}),
     "elalora-lora-rate": ("elalora", {}, {"setup": _lora_rate_setup}),
-    "ladder-2-s1": ("elalora", {"b": 0, "orth_reg_weight": 0.0, "lambda_lr_multiplier": 1.0}, {"setup": _as_lora_setup(True)}),
+    "ladder-2-s1": ("elalora", {"b": 0, "orth_reg_weight": 0.0, "lambda_lr_multiplier": 1.0},
+                    {"setup": _as_lora_setup(True)}),
     "ladder-3-s1": ("elalora", {"b": 0, "lambda_lr_multiplier": 1.0}, {"setup": _as_lora_setup(True)}),
-    # the candidate with reallocation: LoRA's start, lambda at s = 1, grown ranks started as LoRA's
-    "elalora-lora-start-s1": ("elalora", {"lambda_lr_multiplier": 1.0}, {"setup": _lora_start_reallocation_setup}),
+    # the candidate with reallocation, as measured before it became the package's init="lora"
+    # (its Q draws in module order, and a discarded P draw at each expansion)
+    "elalora-lora-start-s1": ("elalora", {"lambda_lr_multiplier": 1.0},
+                              {"setup": _lora_start_reallocation_setup}),
 }
 
 
@@ -281,7 +294,8 @@ def applied(changes: dict):
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # b = 0 runs warn that no rank moves: that is the point
-    settings = T.Settings(model=dict(T.FULL_MODEL), rank=args.rank, shots_val=60, family=args.family)
+    settings = T.Settings(model=dict(T.FULL_MODEL), rank=args.rank, shots_val=60, family=args.family,
+                          adapter_defaults=dict(T.ADAPTER_DEFAULTS[args.defaults]))
     settings.model.update(embed_dim=args.width, num_heads=max(1, args.width // 64))
     data = T.task_data(settings.family, settings.shots_train, settings.shots_val)
     backbone, _ = T.pretrained_backbone(settings, data, Path(args.cache_dir), print)
@@ -377,6 +391,7 @@ def main(argv=None) -> None:
                    help="--summarise: instead, each of --variants minus this one at every rate and pooled over them")
     p.add_argument("--cache-dir", default=T.parse_args([]).cache_dir, help="where pre-trained backbones are cached")
     p.add_argument("--threads", type=int, default=1)
+    T.add_defaults_argument(p)
     args = p.parse_args(argv)
     if args.summarise and args.paired_against:
         print(paired_by_rate(args.summarise, args.paired_against, args.variants))

@@ -83,6 +83,11 @@ QUICK_MODEL = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=1, 
 # ElaLoRA as first released (P, Q ~ N(0, 0.02^2), lambda at the adapter learning rate),
 # as a user gets it now by setting those two values.
 OLD_DEFAULTS = {"init": "gaussian", "init_std": 0.02, "lambda_lr_multiplier": 1.0}
+# The defaults from issue 16 until issue 24's fourth round (orthonormal P and Q, lambda = 0 and
+# 20x faster): ``--defaults previous`` applies them under every method's own overrides, so the
+# tables made with them in BENCHMARKS.md rerun as they were made.
+PREVIOUS_DEFAULTS = {"init": "orthogonal", "lambda_lr_multiplier": 20.0}
+ADAPTER_DEFAULTS = {"current": {}, "previous": PREVIOUS_DEFAULTS}
 METHODS: dict[str, tuple[str, dict]] = {
     "linear probe": ("linear", {}),
     "full fine-tuning": ("full", {}),
@@ -124,6 +129,7 @@ class Settings:
     pretrain_epochs: int = 150
     methods: dict[str, tuple[str, dict]] = field(default_factory=lambda: dict(METHODS))
     family: str = "digits"
+    adapter_defaults: dict = field(default_factory=dict)  # under every method's overrides (--defaults)
 
     @property
     def classes(self) -> int:
@@ -212,7 +218,7 @@ def run_config(method: str, overrides: dict, settings: Settings, lr: float, seed
         "optim.warmup_epochs": 0.1 * settings.epochs,  # the default 10 of 100 epochs
         "progress": False,
     }
-    values.update({f"adapter.{k}": v for k, v in overrides.items()})
+    values.update({f"adapter.{k}": v for k, v in {**settings.adapter_defaults, **overrides}.items()})
     return load_config(None, values)
 
 
@@ -528,7 +534,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--summarise", nargs="+", metavar="RUNS_JSONL",
                         help="only summarise <json>.runs.jsonl files of earlier runs (elalora vs lora) as markdown")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    add_defaults_argument(parser)
     return parser.parse_args(argv)
+
+
+def add_defaults_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--defaults", choices=tuple(ADAPTER_DEFAULTS), default="current",
+                        help="the adapter defaults every method starts from: current (the package's) or previous "
+                             f"({PREVIOUS_DEFAULTS}, before issue 24's fourth round: reruns the tables made with them)")
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
@@ -547,6 +560,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
         methods = {m: methods[m] for m in args.methods}
     settings.methods = methods
     settings.family = args.family
+    settings.adapter_defaults = dict(ADAPTER_DEFAULTS[args.defaults])
     for name in ("seeds", "lrs"):
         if getattr(args, name):
             setattr(settings, name, tuple(getattr(args, name)))

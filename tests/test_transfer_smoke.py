@@ -72,3 +72,15 @@ def test_summary_pairs_each_method_at_its_chosen_rate_with_a_95_percent_interval
     assert "+2.00 ± 1.00 [-0.48, +4.48]" in elalora
     # Same rate, rates in ascending order: 3e-3 gives -20, -20, -17; 1e-2 gives 11, 13, 15.
     assert "0.003: -19.00 ± 1.73 [-23.30, -14.70]; 0.01: +13.00 ± 2.00 [+8.03, +17.97]" in elalora
+
+
+def test_defaults_previous_reruns_the_tables_made_before_the_defaults_changed(transfer):
+    """``--defaults previous`` puts the old adapter defaults under every method's own overrides."""
+    args = transfer.parse_args(["--defaults", "previous"])
+    settings = transfer.build_settings(args)
+    cfg = transfer.run_config("elalora", {}, settings, 1e-2, 0)
+    assert (cfg.adapter.init, cfg.adapter.lambda_lr_multiplier) == ("orthogonal", 20.0)
+    own = transfer.run_config("elalora", {"lambda_lr_multiplier": 1.0}, settings, 1e-2, 0)
+    assert (own.adapter.init, own.adapter.lambda_lr_multiplier) == ("orthogonal", 1.0)  # the variant's wins
+    current = transfer.run_config("elalora", {}, transfer.build_settings(transfer.parse_args([])), 1e-2, 0)
+    assert (current.adapter.init, current.adapter.lambda_lr_multiplier) == ("lora", 1.0)
