@@ -30,6 +30,7 @@ from .pretrained import (
     save_pretrained,
     trainable_parameters,
 )
+from .named import active_adapter, adapter_names, delete_adapter, load_adapter, set_adapter
 from .param_groups import adapter_param_groups
 from .regularizer import orthogonal_regularization
 from .schedule import adjustment_steps, check_schedule, is_adjustment_step, phase, ranks_to_move
@@ -55,12 +56,15 @@ __all__ = [
     "RoundRecord",
     "SVDLinear",
     "TargetError",
+    "active_adapter",
     "adapted_layers",
+    "adapter_names",
     "adapter_param_groups",
     "adjustment_steps",
     "backbone_fingerprint",
     "check_backbone_fingerprint",
     "check_schedule",
+    "delete_adapter",
     "disable_adapter",
     "from_pretrained",
     "load_allocator_state",
@@ -70,6 +74,7 @@ __all__ = [
     "find_adapters",
     "get_method",
     "is_adjustment_step",
+    "load_adapter",
     "load_adapters",
     "match_targets",
     "merge_adapters",
@@ -84,6 +89,7 @@ __all__ = [
     "register_method",
     "reset_optimizer_slot",
     "save_adapters",
+    "set_adapter",
     "unmerge_adapters",
     "unpatch_model",
     "unwrap_model",
