@@ -2,6 +2,8 @@
 gradient accumulation), one allocator step per optimizer step, and a resumed fit decides as
 an uninterrupted one."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,3 +124,20 @@ def test_a_resumed_fit_makes_the_decisions_of_an_uninterrupted_one(tmp_path):
     assert trainer.global_step == STEPS and resumed_cb.allocator.step_count == STEPS
     assert _decisions(resumed_cb.allocator) == _decisions(full_cb.allocator)
     _assert_same(_state(resumed), _state(full))
+
+
+def test_under_ddp_every_process_makes_the_same_decisions_and_ends_with_the_same_adapters(tmp_path):
+    """Two processes (torchrun, gloo), each on its half of the data: the allocator counts
+    optimizer steps on both, every round decides on rank 0's scores, and the regulariser's
+    gradient (added after DDP's reduced backward) is the same on both."""
+    from tests.reliability.conftest import run_torchrun
+
+    worker = Path(__file__).with_name("lightning_ddp_worker.py")
+    done = run_torchrun([str(worker), str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    steps = EPOCHS * N // (2 * BATCH * ACCUMULATE)  # each process sees half the data
+    assert [r["steps"] for r in ranks] == [steps, steps] and [r["allocator_steps"] for r in ranks] == [steps, steps]
+    assert any(pruned for _, pruned, _ in ranks[0]["decisions"]), "rounds must move ranks for the test to mean anything"
+    assert ranks[0]["decisions"] == ranks[1]["decisions"]
+    _assert_same(ranks[0]["state"], ranks[1]["state"], atol=0)
