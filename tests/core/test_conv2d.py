@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elalora_vit import (ElaLoRAConfig, RankAllocator, adapted_layers, find_adapters, from_pretrained, merge_adapters,
-                         merged_inference, orthogonal_regularization, patch_model, save_pretrained, unmerge_adapters)
+from elalora_vit import ElaLoRAConfig, find_adapters, patch_model
+from tests.core.layer_kinds import assert_merges_and_round_trips, assert_peft_round_trip, perturb, train_through_rounds
 
 
 class ConvNet(nn.Module):
@@ -44,14 +44,6 @@ def _patched(method="elalora", **cfg):
     return model, config
 
 
-def _perturb(model):
-    with torch.no_grad():
-        for _, layer in adapted_layers(model):
-            for p in (layer.lora_A, layer.lora_B, getattr(layer, "lora_theta", None)):
-                if p is not None:
-                    p.add_(0.1 * torch.randn_like(p))
-
-
 @pytest.mark.parametrize("method", ["elalora", "lora"])
 def test_the_update_is_a_convolution_with_the_merged_kernel(method):
     model, _ = _patched(method)
@@ -59,7 +51,7 @@ def test_the_update_is_a_convolution_with_the_merged_kernel(method):
     base = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(model(x), base(x))  # lambda = 0 / B = 0: the base function
-    _perturb(model)
+    perturb(model)
     layer = model.body
     with torch.no_grad():
         # independently: the update's (out, in * k * k) matrix from the factors, as a kernel
@@ -82,42 +74,18 @@ def test_a_conv_model_trains_through_rounds_merges_and_round_trips_its_adapter_f
     assert [a.layer.base_layer for a in find_adapters(model)] == [model.stem.base_layer, model.body.base_layer,
                                                                    model.wide.base_layer]
     assert isinstance(model.dw, nn.Conv2d)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    allocator = RankAllocator(model, config, total_steps=12)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(12):
-        x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)
-        (F.cross_entropy(model(x), y) + config.orth_reg_weight * orthogonal_regularization(model)).backward()
-        optimizer.step()
-        allocator.step(optimizer)
-        optimizer.zero_grad()
-    assert allocator.history and allocator.total_rank() == allocator.initial_total_rank
-    model.eval()
-    x = torch.randn(2, 3, 16, 16)
-    save_pretrained(model, tmp_path / "adapter")
-    with torch.no_grad():
-        out = model(x)
-        with merged_inference(model):
-            torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
-        merge_adapters(model)
-        torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
-        unmerge_adapters(model)
-    torch.manual_seed(0)
-    fresh = from_pretrained(ConvNet(), tmp_path / "adapter")
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.eval()(x), out, rtol=1e-5, atol=1e-5)
+    train_through_rounds(model, config, lambda g: (torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)))
+    assert_merges_and_round_trips(model, torch.randn(2, 3, 16, 16), ConvNet, tmp_path / "adapter")
 
 
 def test_peft_loads_the_exported_conv_adapters_and_they_import_back(tmp_path):
     pytest.importorskip("peft")
-    from peft import PeftModel
-
-    from elalora_vit.integrations.peft import export_peft, from_peft
+    from elalora_vit.integrations.peft import export_peft
 
     from elalora_vit.export import ExportError
 
     model, config = _patched()
-    _perturb(model)
+    perturb(model)
     with pytest.raises(ExportError, match="'wide' is a Conv2d with dilation \\(2, 2\\): PEFT's Conv2d LoRA ignores it"):
         export_peft(model, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
@@ -125,23 +93,8 @@ def test_peft_loads_the_exported_conv_adapters_and_they_import_back(tmp_path):
     model = ConvNet()
     patch_model(model, ["stem", "body"], config)  # the geometry PEFT's Conv2d LoRA reproduces
     model.head.requires_grad_(True)
-    _perturb(model)
-    model.eval()
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        ours = model(x)
-    export_peft(model, tmp_path / "peft", modules_to_save=["head"])
-    torch.manual_seed(0)
-    base = ConvNet()
-    base.head.load_state_dict(model.head.state_dict())
-    with torch.no_grad():
-        theirs = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "peft")).eval()(x)
-    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
-    torch.manual_seed(0)
-    back = ConvNet()
-    assert len(from_peft(back, tmp_path / "peft", config=config)) == 2
-    with torch.no_grad():
-        torch.testing.assert_close(back.eval()(x), ours, rtol=1e-4, atol=1e-5)
+    perturb(model)
+    assert_peft_round_trip(model, torch.randn(2, 3, 16, 16), ConvNet, tmp_path / "peft", config, adapters=2)
 
 
 @pytest.mark.parametrize("geometry", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
@@ -153,7 +106,7 @@ def test_every_geometry_equals_the_base_convolution_with_the_merged_kernel(geome
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(4, 6, **geometry))
     patch_model(model, ["0"], ElaLoRAConfig(rank=2, max_rank=3), split={"0": parts} if parts else None)
-    _perturb(model)
+    perturb(model)
     layer = model[0]
     conv = copy.deepcopy(layer.base_layer)
     with torch.no_grad():

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elalora_vit import (ElaLoRAConfig, RankAllocator, adapted_layers, from_pretrained, merge_adapters,
-                         merged_inference, orthogonal_regularization, patch_model, save_pretrained, unmerge_adapters)
+from elalora_vit import ElaLoRAConfig, patch_model
+from tests.core.layer_kinds import assert_merges_and_round_trips, assert_peft_round_trip, perturb, train_through_rounds
 
 VOCAB, DIM = 40, 12
 
@@ -37,14 +37,6 @@ def _patched(method="elalora", targets=("embed", "mix"), **cfg):
     return model, config
 
 
-def _perturb(model):
-    with torch.no_grad():
-        for _, layer in adapted_layers(model):
-            for p in (layer.lora_A, layer.lora_B, getattr(layer, "lora_theta", None)):
-                if p is not None:
-                    p.add_(0.1 * torch.randn_like(p))
-
-
 def _tokens(n=4, length=7, seed=0):
     return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
 
@@ -56,7 +48,7 @@ def test_the_update_is_a_lookup_in_the_merged_table(method):
     base = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), base(tokens), rtol=0, atol=0)  # the base function at init
-    _perturb(model)
+    perturb(model)
     layer = model.embed
     assert layer.bias is None and not layer.base_layer.weight.requires_grad
     with torch.no_grad():
@@ -74,7 +66,7 @@ def test_the_update_is_a_lookup_in_the_merged_table(method):
 
 def test_the_padding_token_gets_no_gradient_as_in_the_base_layer():
     model, _ = _patched()
-    _perturb(model)  # P != 0, so Q has a gradient
+    perturb(model)  # P != 0, so Q has a gradient
     tokens = torch.tensor([[0, 0, 3, 5]])
     model(tokens).sum().backward()
     q_grad = model.embed.lora_A.grad[0]  # (capacity, vocab): one column per token
@@ -85,56 +77,14 @@ def test_the_padding_token_gets_no_gradient_as_in_the_base_layer():
 
 def test_an_embedding_model_trains_through_rounds_merges_and_round_trips_its_adapter_file(tmp_path):
     model, config = _patched()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    allocator = RankAllocator(model, config, total_steps=12)
-    assert allocator.adapter_names == ["embed", "mix"]
-    g = torch.Generator().manual_seed(0)
-    for _ in range(12):
-        tokens, y = torch.randint(0, VOCAB, (8, 6), generator=g), torch.randint(0, 5, (8,), generator=g)
-        (F.cross_entropy(model(tokens), y) + config.orth_reg_weight * orthogonal_regularization(model)).backward()
-        optimizer.step()
-        allocator.step(optimizer)
-        optimizer.zero_grad()
-    assert allocator.history and allocator.total_rank() == allocator.initial_total_rank
+    train_through_rounds(model, config, lambda g: (torch.randint(0, VOCAB, (8, 6), generator=g), torch.randint(0, 5, (8,), generator=g)))
     assert model.embed.lora_B.abs().sum() > 0  # it learned
-    model.eval()
-    tokens = _tokens()
-    save_pretrained(model, tmp_path / "adapter")
-    with torch.no_grad():
-        out = model(tokens)
-        with merged_inference(model):
-            torch.testing.assert_close(model(tokens), out, rtol=1e-5, atol=1e-5)
-        merge_adapters(model)
-        torch.testing.assert_close(model(tokens), out, rtol=1e-5, atol=1e-5)
-        unmerge_adapters(model)
-    torch.manual_seed(0)
-    fresh = from_pretrained(TinyLM(), tmp_path / "adapter")
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.eval()(tokens), out, rtol=1e-5, atol=1e-5)
+    assert_merges_and_round_trips(model, _tokens(), TinyLM, tmp_path / "adapter")
 
 
 def test_peft_loads_the_exported_embedding_adapter_and_it_imports_back(tmp_path):
     pytest.importorskip("peft")
-    from peft import PeftModel
-
-    from elalora_vit.integrations.peft import export_peft, from_peft
-
     model, config = _patched()
-    _perturb(model)
-    model.eval()
-    tokens = _tokens()
-    with torch.no_grad():
-        ours = model(tokens)
-    export_peft(model, tmp_path / "peft", modules_to_save=["head"])
-    torch.manual_seed(0)
-    base = TinyLM()
-    base.head.load_state_dict(model.head.state_dict())
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "peft")).eval()
+    perturb(model)
+    peft_model = assert_peft_round_trip(model, _tokens(), TinyLM, tmp_path / "peft", config, adapters=2)
     assert "default" in peft_model.base_model.model.embed.lora_embedding_A  # PEFT's own Embedding LoRA
-    with torch.no_grad():
-        torch.testing.assert_close(peft_model(tokens), ours, rtol=1e-5, atol=1e-5)
-    torch.manual_seed(0)
-    back = TinyLM()
-    assert len(from_peft(back, tmp_path / "peft", config=config)) == 2
-    with torch.no_grad():
-        torch.testing.assert_close(back.eval()(tokens), ours, rtol=1e-4, atol=1e-5)
