@@ -469,3 +469,33 @@ def test_pretrained_without_known_weights_is_refused(empty_hub_cache):
     with pytest.raises(BackboneError, match="knows no pre-trained weights") as info:
         create_backbone(TINY, 5, pretrained_cfg_overlay={"hf_hub_id": None, "url": ""}, **TINY_KW)
     _assert_weights_advice(str(info.value))
+
+
+@pytest.mark.parametrize("conv_mlp", [False, True])
+def test_the_convnext_preset_adapts_mlps_and_downsampling_trains_a_round_merges_and_round_trips(tmp_path, conv_mlp):
+    """timm ConvNeXt: the pointwise MLPs (Linear, or 1 x 1 convolutions with conv_mlp) and the
+    2 x 2 downsampling convolutions; the depthwise convolutions stay frozen."""
+    import timm
+
+    from elalora_vit import ElaLoRAConfig, find_adapters, patch_model
+    from tests.core.layer_kinds import assert_merges_and_round_trips, perturb, train_through_rounds
+
+    def make():
+        torch.manual_seed(0)
+        return timm.create_model("convnext_atto", pretrained=False, depths=(1, 1, 1, 1), dims=(8, 16, 24, 32),
+                                 num_classes=5, conv_mlp=conv_mlp)
+
+    model = make()
+    targets, split = default_targets(model)
+    assert split == {} and head_module_names(model) == ["head.fc"]
+    config = ElaLoRAConfig(rank=2, max_rank=4, warmup_steps=2, adjust_interval=2, stabilize_steps=2, b=2, k=1)
+    patch_model(model, targets, config)
+    model.get_submodule("head.fc").requires_grad_(True)
+    names = [a.name for a in find_adapters(model)]
+    assert names == [f"stages.{s}.{kind}" for s in range(4) for kind in
+                     (["downsample.1"] if s else []) + ["blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]]
+    assert not any("conv_dw" in n for n in names)
+    train_through_rounds(model, config, lambda g: (torch.randn(4, 3, 32, 32, generator=g),
+                                                   torch.randint(0, 5, (4,), generator=g)))
+    perturb(model)
+    assert_merges_and_round_trips(model, torch.randn(2, 3, 32, 32), make, tmp_path / "adapter")

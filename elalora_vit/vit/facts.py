@@ -7,6 +7,7 @@ import re
 
 from torch import nn
 
+from ..core.layer import linear_features
 from .errors import BackboneError, describe_model
 
 # The Linear layers of a timm ViT block that get adapters by default, and the parts
@@ -14,21 +15,28 @@ from .errors import BackboneError, describe_model
 # (``find_adapters``): ``<module>`` or ``<module>.<part>``, e.g. ``blocks.3.attn.qkv.v``.
 BLOCK_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 QKV_SPLIT = {"attn.qkv": ("q", "k", "v")}
+# A timm ConvNeXt: each block's pointwise MLP (Linear, or 1 x 1 Conv2d with conv_mlp) and each
+# stage's downsampling convolution (2 x 2, stride 2: a patch merge); the depthwise 7 x 7
+# convolutions are grouped, so not one linear map, and are left frozen.
+CONVNEXT_TARGETS = ("stages.*.blocks.*.mlp.fc1", "stages.*.blocks.*.mlp.fc2", "stages.*.downsample.1")
 
 
 def default_targets(model: nn.Module) -> tuple[list[str], dict[str, list[str]]]:
-    """The default adapter targets of a timm ViT, and the split of its fused qkv.
+    """The default adapter targets of a timm ViT (or ConvNeXt), and the split of its fused qkv.
 
     Returns:
-        ``(targets, split)``: glob targets for q, k, v (split from the fused
+        ``(targets, split)``: for a ViT, glob targets for q, k, v (split from the fused
         ``blocks.*.attn.qkv``), the attention output projection and both MLP layers
-        of every block, and ``{"attn.qkv": ["q", "k", "v"]}``.
+        of every block, and ``{"attn.qkv": ["q", "k", "v"]}``; for a timm ConvNeXt,
+        :data:`CONVNEXT_TARGETS` and no split.
 
     Raises:
         BackboneError: when some block lacks one of these ``nn.Linear`` layers (not a
             standard timm ViT): name the targets in the config then.
     """
     modules = dict(model.named_modules())
+    if any(re.fullmatch(r"stages\.\d+\.blocks\.\d+\.mlp\.fc1", n) and linear_features(m) for n, m in modules.items()):
+        return list(CONVNEXT_TARGETS), {}
     blocks = sorted({int(m.group(1)) for n in modules if (m := re.fullmatch(r"blocks\.(\d+)\.attn\.qkv", n))})
     absent = [
         f"blocks.{i}.{kind}" for i in blocks for kind in BLOCK_LINEARS
