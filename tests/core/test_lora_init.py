@@ -46,8 +46,9 @@ def test_lambda_one_whatever_the_speed_up():
         torch.testing.assert_close(layer.lora_theta, layer.rank_mask.float() / 20.0)
 
 
-def _update_norm(method: str, steps: int, **cfg) -> float:
-    """||delta W||_F over every adapter after ``steps`` AdamW steps at 1e-3 on the same batches."""
+def _trained(method: str, steps: int, **cfg):
+    """The patched tiny ViT after ``steps`` AdamW steps at 1e-3 on the same batches (the
+    regulariser added for SVD adapters)."""
     model, config = _patched(method, **cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for step in range(steps):
@@ -58,6 +59,12 @@ def _update_norm(method: str, steps: int, **cfg) -> float:
         loss.backward()
         opt.step()
         opt.zero_grad()
+    return model
+
+
+def _update_norm(method: str, steps: int, **cfg) -> float:
+    """||delta W||_F over every adapter after ``steps`` training steps."""
+    model = _trained(method, steps, **cfg)
     with torch.no_grad():
         return sum(float(layer.delta_weight().norm() ** 2) for _, layer in adapted_layers(model)) ** 0.5
 
@@ -95,13 +102,6 @@ def test_a_grown_rank_starts_as_loras_do():
 def test_lambda_moves_at_the_optimizers_pace():
     """With ``lambda_lr_multiplier=1`` a singular value moves about ``lr`` a step under Adam,
     as every other entry does (the previous 20x moved it 20 lr: what cost the SVD form)."""
-    model, config = _patched("elalora")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for step in range(5):
-        x, y = batch(step)
-        loss = torch.nn.functional.cross_entropy(model(x), y) + config.orth_reg_weight * orthogonal_regularization(model)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+    model = _trained("elalora", 5)
     moved = max(float((layer.lambdas() - 1.0)[layer.rank_mask].abs().max()) for _, layer in adapted_layers(model))
     assert 1e-3 < moved < 5 * 1e-3 * 1.1, moved

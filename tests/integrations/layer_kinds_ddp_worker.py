@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from elalora_vit import ElaLoRAConfig, RankAllocator, adapted_layers, orthogonal_regularization, patch_model
+from elalora_vit import ElaLoRAConfig, RankAllocator, orthogonal_regularization, patch_model
+from tests.reliability.dist_worker import adapter_tensors
 
 VOCAB, DIM, STEPS = 30, 16, 14
 
@@ -51,10 +52,9 @@ def main(out: Path) -> None:
         optimizer.step()
         allocator.step(optimizer)
         optimizer.zero_grad()
-    state = {f"{n}.{k}": getattr(layer, k).detach().clone() for n, layer in adapted_layers(model)
-             for k in ("lora_A", "lora_theta", "lora_B", "rank_mask")}
     decisions = [(r.step, r.pruned, r.expanded) for r in allocator.history]
-    torch.save({"decisions": decisions, "state": state, "ranks": allocator.rank_pattern()}, out / f"rank{rank}.pt")
+    torch.save({"decisions": decisions, "state": adapter_tensors(model), "ranks": allocator.rank_pattern()},
+               out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 

@@ -10,10 +10,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from elalora_vit import adapted_layers  # noqa: E402
 from elalora_vit.integrations.lightning import ElaLoRACallback  # noqa: E402
 from tests.integrations.test_lightning import (ACCUMULATE, BATCH, EPOCHS, Classifier, _config, _data,  # noqa: E402
-                                               _decisions, _model)
+                                               _decisions, _model, _state)
 
 
 def main(out: Path) -> None:
@@ -27,9 +26,7 @@ def main(out: Path) -> None:
         default_root_dir=str(out), callbacks=[callback])
     loader = torch.utils.data.DataLoader(_data(), batch_size=BATCH, shuffle=False)
     trainer.fit(Classifier(model), loader)
-    state = {f"{n}.{k}": getattr(layer, k).detach().clone() for n, layer in adapted_layers(model)
-             for k in ("lora_A", "lora_theta", "lora_B", "rank_mask")}
-    torch.save({"decisions": _decisions(callback.allocator), "state": state, "steps": trainer.global_step,
+    torch.save({"decisions": _decisions(callback.allocator), "state": _state(model), "steps": trainer.global_step,
                 "allocator_steps": callback.allocator.step_count}, out / f"rank{trainer.global_rank}.pt")
 
 
