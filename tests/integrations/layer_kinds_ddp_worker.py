@@ -55,6 +55,9 @@ def main(out: Path) -> None:
     decisions = [(r.step, r.pruned, r.expanded) for r in allocator.history]
     torch.save({"decisions": decisions, "state": adapter_tensors(model), "ranks": allocator.rank_pattern()},
                out / f"rank{rank}.pt")
+    # Both processes reach here before either tears gloo down: a process that destroys its group
+    # while its peer still has traffic in flight aborts ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
