@@ -23,10 +23,11 @@ Host syncs: calls that read a tensor's value on the host (``Tensor.item``, ``__b
 ``__float__``, ``__int__``, ``tolist``, ``.cpu()``, ``.numpy()``) during one step of
 ``elalora-vit train``'s own step function (``train/loop.py: _train_step``) on that
 model, ElaLoRA with its allocator and the regulariser, counted by wrapping those methods.
-Each one stalls the CPU until the GPU has drained its queue.  Reads made inside
-``torch.optim`` are counted apart (``optimizer-step-counter``): the unfused AdamW of a CPU
-run reads its CPU step counters, which on a GPU (fused AdamW, counters on the device)
-it does not; they are no device syncs.
+Each one stalls the CPU until the GPU has drained its queue.  There are none: the loop
+reads the losses and skip flags of ``READ_EVERY`` steps at once, after the step.  Reads
+made inside ``torch.optim`` would be counted apart (``optimizer-step-counter``: a for-loop
+AdamW reads its CPU step counters, no device syncs); ``train`` builds a fused AdamW on CPU
+as on CUDA, which reads none.
 """
 
 from __future__ import annotations

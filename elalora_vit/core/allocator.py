@@ -136,7 +136,7 @@ class RankAllocator:
         return torch.cat([layer.rank_mask.detach().cpu() for layer in self.layers])[self._rows]
 
     # ------------------------------------------------------------------- step
-    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False,
+    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool | Tensor = False,
              finite_checked: bool = False) -> RoundRecord | None:
         """Advance one optimizer step: update importance, and run a round when one is due.
 
@@ -144,9 +144,11 @@ class RankAllocator:
         without it the optimizer state of changed slots is left stale.
         ``skipped=True`` says the training loop skipped this step (a non-finite loss
         or gradient anywhere): the clock advances, the scores learn nothing from it.
-        ``finite_checked=True`` says the loop has already found this step's gradients
-        finite, so the scores skip their own check (a read of a device value, which stalls
-        the host until the GPU drains).  Returns the round's record, or None when no round ran.
+        ``skipped`` may also be a 0-dim bool tensor on the device (the loop's own finite
+        flag, e.g. the one that skips a fused AdamW step through ``found_inf``): the scores
+        then mask the step on the device, and nothing here reads it.
+        ``finite_checked=True`` says ``skipped`` already covers this step's gradients being
+        finite, so the scores skip their own check (one reduction on the device fewer).  Returns the round's record, or None when no round ran.
 
         Under gradient accumulation with accelerate (``accelerator.accumulate(model)``),
         pass the prepared optimizer: on micro-batches where it did not step
@@ -172,7 +174,7 @@ class RankAllocator:
             counts.allocator_steps = self.step_count
             counts.rounds = len(self.history)
 
-    def _advance(self, skipped: bool, finite_checked: bool = False) -> int:
+    def _advance(self, skipped: bool | Tensor, finite_checked: bool = False) -> int:
         """Count one step and fold its gradients into the scores (unless not finite)."""
         self.step_count += 1
         t = self.step_count
@@ -183,10 +185,30 @@ class RankAllocator:
                 "gradient accumulation, optimizer steps, not micro-batches: step the allocator only when the "
                 "optimizer stepped)", StepsPastScheduleWarning, stacklevel=3)
         self._publish_counts()
-        if scores_are_updated(t, self.total_steps, self.config) and (
-                skipped or not self.tracker.update(check_finite=not finite_checked)):
-            self.skipped_steps += 1
+        if not scores_are_updated(t, self.total_steps, self.config):
+            return t
+        if isinstance(skipped, Tensor):  # the loop's device-side flag: masked there, never read here
+            folded = self.tracker.update(check_finite=not finite_checked, valid=~skipped)
+        elif skipped:
+            self._skipped_on_host += 1
+            return t
+        else:
+            folded = self.tracker.update(check_finite=not finite_checked)
+        # Counted on the device: a read of ``folded`` would stall the host until a GPU drains.
+        self._scored += 1
+        self._folded = folded.long() if self._folded is None else self._folded + folded
         return t
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps whose gradients the scores did not take in (skipped by the loop, or not
+        finite). Reading it reads a device value: do it at logging points, not every step."""
+        folded = 0 if self._folded is None else int(self._folded)
+        return self._skipped_on_host + self._scored - folded
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped_on_host, self._scored, self._folded = int(value), 0, None
 
     @torch.no_grad()
     def adjust(self, b: int, optimizer: torch.optim.Optimizer | None = None) -> RoundRecord:
@@ -413,7 +435,7 @@ class AdaLoRAAllocator(RankAllocator):
         extra = self.initial_total_rank - self.target_total_rank
         return self.target_total_rank + int(extra * (1.0 - progress) ** 3)
 
-    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool = False,
+    def step(self, optimizer: torch.optim.Optimizer | None = None, *, skipped: bool | Tensor = False,
              finite_checked: bool = False) -> RoundRecord | None:
         t = self._advance(skipped, finite_checked)
         last_adjust = self.total_steps - self.config.stabilize_steps

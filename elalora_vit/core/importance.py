@@ -16,12 +16,16 @@ tracker scores the parameter ``theta`` the optimizer trains, and
 ``|theta * dL/dtheta| = |lambda * dL/dlambda|``, so the scores are those of
 ``lambda``, equal to PEFT AdaLoRA's whatever ``lambda_scale`` is.
 
-The EMAs of every adapter tensor are updated together with ``torch._foreach``
-kernels: a fixed number of kernel launches per step, whatever the model size.
+The EMAs of every adapter tensor live in one flat buffer per device (``ibar`` and
+``ubar`` are views of it, one per adapter tensor), so a step is a fixed number of kernel
+launches whatever the model size, and a step whose gradients are not finite is masked
+out on the device (``torch.where``) instead of being decided by a read of a device
+value on the host, which would stall the host until a GPU drains its queue.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -38,29 +42,29 @@ class ImportanceTracker:
         self.beta1 = beta1
         self.beta2 = beta2
         self.params = [t for layer in self.layers for t in (layer.lora_A, layer.lora_theta, layer.lora_B)]
-        self.ibar = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
-        self.ubar = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        self.ibar: list[Tensor] = [None] * len(self.params)  # views of the groups' flat buffers
+        self.ubar: list[Tensor] = [None] * len(self.params)
+        self._groups = [_FlatGroup(self.params, members, self.ibar, self.ubar)
+                        for members in _by_device_and_dtype(self.params)]
 
     @torch.no_grad()
-    def update(self, check_finite: bool = True) -> bool:
-        """Fold the current gradients into the EMAs.
+    def update(self, check_finite: bool = True, valid: Tensor | None = None) -> Tensor:
+        """Fold the current gradients into the EMAs; returns a 0-dim bool tensor on the
+        device: whether they were folded in.
 
-        Returns False, and changes nothing, when any gradient is not finite
-        (an fp16 overflow, a bad batch); ``check_finite=False`` skips that check, for a
-        caller that has checked the gradients already.  Parameters without a gradient
+        ``valid`` (a 0-dim bool tensor, e.g. the training loop's finite flag) says whether
+        this step counts; when it is false nothing changes.  With ``check_finite`` (the
+        default) a step whose gradients are not all finite (an fp16 overflow, a bad batch)
+        changes nothing either; ``check_finite=False`` is for a caller whose ``valid``
+        already says the gradients are finite.  Nothing here reads a device value on the
+        host: the decision is a mask applied on the device.  Parameters without a gradient
         count as having a zero gradient.
         """
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        sensitivity = torch._foreach_mul(self.params, grads)  # I_t = |w * g|
-        torch._foreach_abs_(sensitivity)
-        if check_finite and not bool(torch.stack(torch._foreach_max(sensitivity)).isfinite().all()):
-            return False
-        # lerp(a, b, w) = a + w (b - a) = (1 - w) a + w b: each EMA in one pass over memory.
-        torch._foreach_lerp_(self.ibar, sensitivity, 1 - self.beta1)
-        torch._foreach_sub_(sensitivity, self.ibar)  # I_t - Ibar_t
-        torch._foreach_abs_(sensitivity)
-        torch._foreach_lerp_(self.ubar, sensitivity, 1 - self.beta2)
-        return True
+        folded = None
+        for group in self._groups:
+            ok = group.update(self.params, valid, check_finite, self.beta1, self.beta2)
+            folded = ok if folded is None else folded & ok.to(folded.device)
+        return folded
 
     @torch.no_grad()
     def layer_scores(self, index: int) -> Tensor:
@@ -101,3 +105,52 @@ class ImportanceTracker:
                 if mine.shape != theirs.shape:
                     raise ValueError(f"importance state shape {tuple(theirs.shape)} != {tuple(mine.shape)}")
                 mine.copy_(theirs)
+
+
+def _by_device_and_dtype(params: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``params`` grouped by (device, dtype): one flat buffer per group (one group
+    unless a model is split over devices, e.g. a language model with ``device_map``)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    return list(groups.values())
+
+
+class _FlatGroup:
+    """The EMAs (and a scratch buffer for the sensitivities) of the adapter tensors of one
+    device and dtype, each a flat buffer; ``ibar[i]`` / ``ubar[i]`` are views of its slices."""
+
+    def __init__(self, params: Sequence[Tensor], members: list[int], ibar: list, ubar: list):
+        self.members = members
+        first = params[members[0]]
+        total = sum(params[i].numel() for i in members)
+        self.ibar, self.ubar, self.sens = (torch.zeros(total, device=first.device, dtype=first.dtype)
+                                           for _ in range(3))
+        self.sens_views = []
+        offset = 0
+        for i in members:
+            shape, n = params[i].shape, params[i].numel()
+            ibar[i] = self.ibar[offset: offset + n].view(shape)
+            ubar[i] = self.ubar[offset: offset + n].view(shape)
+            self.sens_views.append(self.sens[offset: offset + n].view(shape))
+            offset += n
+
+    def update(self, params, valid: Tensor | None, check_finite: bool, beta1: float, beta2: float) -> Tensor:
+        mine = [params[i] for i in self.members]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in mine]
+        torch._foreach_copy_(self.sens_views, torch._foreach_mul(mine, grads))
+        sensitivity = self.sens.abs_()  # I_t = |w * g|, every tensor of the group at once
+        ok = None if valid is None else valid.to(self.sens.device)
+        if check_finite:  # |w * g| >= 0: not all finite <=> the max is inf or NaN (a NaN max compares false)
+            finite = sensitivity.amax() < math.inf
+            ok = finite if ok is None else ok & finite
+        if ok is not None:  # a step that does not count: I_t := Ibar_{t-1}, which leaves Ibar as it was, NaN-free
+            torch.where(ok, sensitivity, self.ibar, out=sensitivity)
+        # lerp(a, b, w) = a + w (b - a) = (1 - w) a + w b: each EMA in one pass over memory.
+        self.ibar.lerp_(sensitivity, 1 - beta1)
+        sensitivity.sub_(self.ibar).abs_()  # |I_t - Ibar_t|
+        if ok is None:
+            self.ubar.lerp_(sensitivity, 1 - beta2)
+            return torch.ones((), dtype=torch.bool, device=self.sens.device)
+        self.ubar.lerp_(sensitivity, ok * (1 - beta2))  # weight 0: Ubar as it was
+        return ok

@@ -53,29 +53,17 @@ class HealthMonitor:
         self.warnings: list[str] = []  # the first message of every check that fired
         self.initial_pattern = allocator.rank_pattern() if allocator is not None else {}
         self._adjust_losses: list[float] = []
-        self._unread: list = []  # losses of the adjustment phase still on the device, read in bulk
 
     # ----------------------------------------------------------------- events
-    def after_step(self, step: int, loss, skipped: bool) -> None:
-        """Call after every optimizer step, ``step`` counted from 1, ``loss`` None when skipped.
-        A tensor ``loss`` stays on the device until the losses are needed (one read for many steps)."""
+    def after_step(self, step: int, loss: float | None, skipped: bool) -> None:
+        """Call after every optimizer step, ``step`` counted from 1, ``loss`` None when skipped
+        (the training loop calls it when it reads a batch of steps' losses from the device)."""
         if skipped:
             self.skipped_steps += 1
             self._fire("skipped_steps", f"step {step}: non-finite loss or gradient, step skipped")
             return
         if self.allocator is not None and loss is not None and self._in_adjustment(step):
-            if isinstance(loss, torch.Tensor):
-                self._unread.append(loss.detach().float().reshape(()))
-                if len(self._unread) >= 1024:
-                    self._read_losses()
-            else:
-                self._adjust_losses.append(float(loss))
-
-    def _read_losses(self) -> list[float]:
-        if self._unread:
-            self._adjust_losses.extend(torch.stack(self._unread).cpu().tolist())
-            self._unread = []
-        return self._adjust_losses
+            self._adjust_losses.append(float(loss))
 
     @torch.no_grad()
     def after_round(self, record: RoundRecord, model) -> None:
@@ -128,7 +116,7 @@ class HealthMonitor:
 
     def loss_rise(self) -> float | None:
         """Mean loss of the last window of the adjustment phase over that of its first window."""
-        losses = self._read_losses()
+        losses = self._adjust_losses
         window = min(WINDOW, len(losses) // 2)
         if window < MIN_WINDOW:
             return None
@@ -147,7 +135,7 @@ class HealthMonitor:
             "fired": dict(self.fired),
             "warnings": list(self.warnings),
             "initial_pattern": dict(self.initial_pattern),
-            "adjust_losses": list(self._read_losses()),
+            "adjust_losses": list(self._adjust_losses),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -161,7 +149,6 @@ class HealthMonitor:
         self.warnings = list(state["warnings"])
         self.initial_pattern = {k: int(v) for k, v in state.get("initial_pattern", self.initial_pattern).items()}
         self._adjust_losses = [float(x) for x in state["adjust_losses"]]
-        self._unread = []
 
     # ---------------------------------------------------------------- helpers
     @property

@@ -53,7 +53,7 @@ from .runtime import (create_accelerator, evaluate, finite_on_every_process, mai
 from .state import RunState
 from .tracking import make_tracker
 
-POSTFIX_EVERY = 10  # steps between updates of the progress bar's numbers
+READ_EVERY = 10  # steps between reads of the losses and skip flags (and updates of the progress bar's numbers)
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +269,10 @@ def _set_up_run(cfg: TrainConfig, model, steps_per_epoch: int, accelerator, star
     """Set up the method on ``model``, AdamW and the LR schedule, prepared by accelerate."""
     total_steps = steps_per_epoch * cfg.optim.epochs
     method = setup_method(model, cfg, total_steps)
-    # One fused kernel for the whole update on CUDA (the allocator's per-slot state resets work on
-    # its state as on the for-loop implementation's); the default implementation elsewhere.
+    # One fused kernel for the whole update (CUDA and CPU; the allocator's per-slot state resets work on
+    # its state as on the for-loop implementation's), which also skips a non-finite step on the device.
     optimizer = torch.optim.AdamW(method.param_groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                  fused=accelerator.device.type == "cuda" or None)
+                                  fused=accelerator.device.type in ("cuda", "cpu") or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, total_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if cfg.compile:  # after prepare: DDP's hooks stay outside the compiled graph
@@ -317,28 +317,57 @@ def _train_batches(dataset, cfg: TrainConfig, epoch: int, accelerator):
 
 
 def _train_epoch(state: RunState, cfg: TrainConfig, dataset, accelerator, progress, files: RunFiles) -> float:
-    """One epoch of optimizer steps; returns its mean loss over the steps not skipped."""
+    """One epoch of optimizer steps; returns its mean loss over the steps not skipped.
+
+    A step leaves its loss and its skip flag on the device; every ``READ_EVERY`` steps and
+    at the epoch's end they are read in one transfer and then counted, logged and judged
+    in step order (:func:`_settle`), so no step waits for the device to drain."""
     state.model.train()
-    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0  # summed on the device
+    totals = [0.0, 0]  # the epoch's loss sum and count over the steps not skipped, as read so far
+    pending: list[tuple] = []
     for x, y in _train_batches(dataset, cfg, state.epoch, accelerator):
         loss, skipped = _train_step(state, cfg, x, y, accelerator)
-        _stop_after_too_many_bad_steps(state, skipped, cfg.max_bad_steps, files)
-        if not skipped:
-            loss_sum += loss.detach().float()
-            loss_count += 1
-        state.tracker.log_step(state.step, loss, state.scheduler.get_last_lr()[0], skipped)
+        pending.append((state.step, loss.detach(), skipped, state.scheduler.get_last_lr()[0]))
         progress.update(1)
-        if not progress.disable and state.step % POSTFIX_EVERY == 0:  # the bar's loss is a read of the device
-            progress.set_postfix(postfix(loss_sum, loss_count, state.last_eval, state.scheduler, state.current_rank),
-                                 refresh=False)
+        if state.step % READ_EVERY == 0:
+            _settle(state, pending, totals, cfg.max_bad_steps, files)
+            if not progress.disable:
+                progress.set_postfix(postfix(totals[0], totals[1], state.last_eval, state.scheduler, state.current_rank),
+                                     refresh=False)
+    _settle(state, pending, totals, cfg.max_bad_steps, files)
     if not progress.disable:
-        progress.set_postfix(postfix(loss_sum, loss_count, state.last_eval, state.scheduler, state.current_rank))
-    return float(loss_sum / max(loss_count, 1))
+        progress.set_postfix(postfix(totals[0], totals[1], state.last_eval, state.scheduler, state.current_rank))
+    return totals[0] / max(totals[1], 1)
 
 
-def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator) -> tuple[torch.Tensor, bool]:
+def _settle(state: RunState, pending: list[tuple], totals: list, max_bad_steps: int, files: RunFiles) -> None:
+    """Read the pending steps' losses and skip flags in one transfer, then count, log and
+    judge each step in order, as if it had been read when it ran; empties ``pending``."""
+    if not pending:
+        return
+    losses = torch.stack([loss.float().reshape(()) for _, loss, _, _ in pending])
+    flags = torch.stack([torch.as_tensor(skipped, device=losses.device).reshape(()) for _, _, skipped, _ in pending])
+    values = torch.cat([losses, flags.to(losses.dtype)]).tolist()  # the one read of the device
+    n = len(pending)
+    for (step, _, _, lr), loss, skipped in zip(pending, values[:n], values[n:]):
+        skipped = bool(skipped)
+        _stop_after_too_many_bad_steps(state, step, skipped, max_bad_steps, files)
+        if not skipped:
+            totals[0] += loss
+            totals[1] += 1
+        state.tracker.log_step(step, loss, lr, skipped)
+        state.health.after_step(step, None if skipped else loss, skipped)
+    pending.clear()
+
+
+def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator) -> tuple[torch.Tensor, torch.Tensor | bool]:
     """Forward, backward, clip, AdamW and LR steps, then the allocator's; returns the
-    loss and whether the step was skipped (non-finite on some process)."""
+    loss and whether the step was skipped (non-finite on some process).
+
+    With a fused AdamW and no fp16 loss scaler (the default on CUDA and CPU), "skipped" stays
+    a flag on the device: the fused kernel takes it as ``found_inf`` and leaves parameters,
+    moments and step count as they were, and the allocator masks its scores with it. With
+    fp16's scaler (which decides on the host) or a for-loop AdamW it is read here (a bool)."""
     x, y = x.to(accelerator.device), y.to(accelerator.device)
     with accelerator.autocast():
         loss = F.cross_entropy(state.model(x), y)
@@ -349,22 +378,33 @@ def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator) -> tuple[t
     if cfg.optim.grad_clip > 0:
         grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), cfg.optim.grad_clip)
     finite = finite_on_every_process(loss, grad_norm, state.model, accelerator)
-    if finite or accelerator.scaler is not None:  # with a scaler, it decides what to skip
+    optimizer = _inner_optimizer(state.optimizer)
+    if accelerator.scaler is None and optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~finite).float()  # the kernel skips a non-finite step on the device
         state.optimizer.step()
-    skipped = not finite or accelerator.optimizer_step_was_skipped
+        skipped = ~finite
+    else:
+        finite = bool(finite)
+        if finite or accelerator.scaler is not None:  # with a scaler, it decides what to skip
+            state.optimizer.step()
+        skipped = not finite or accelerator.optimizer_step_was_skipped
     state.scheduler.step()
     if state.allocator is not None:
         _allocation_step(state, skipped)
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    state.health.after_step(state.step, None if skipped else loss.detach(), skipped)  # read later, in bulk
     return loss, skipped
 
 
-def _allocation_step(state: RunState, skipped: bool) -> None:
+def _inner_optimizer(optimizer):
+    """The torch optimizer inside accelerate's ``AcceleratedOptimizer``."""
+    return optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+
+def _allocation_step(state: RunState, skipped) -> None:
     """The allocator's step: importance scores, and a prune/expand round when one is due."""
-    optimizer = state.optimizer.optimizer if hasattr(state.optimizer, "optimizer") else state.optimizer
-    # finite_on_every_process checked the gradients: the scores need not read them again.
+    optimizer = _inner_optimizer(state.optimizer)
+    # finite_on_every_process checked the gradients: the scores need not check them again.
     record = state.allocator.step(optimizer, skipped=skipped, finite_checked=True)
     if record is not None:
         state.health.after_round(record, state.unwrapped)
@@ -372,7 +412,8 @@ def _allocation_step(state: RunState, skipped: bool) -> None:
         state.tracker.log_round(record.step, record.rank_pattern)
 
 
-def _stop_after_too_many_bad_steps(state: RunState, skipped: bool, max_bad_steps: int, files: RunFiles) -> None:
+def _stop_after_too_many_bad_steps(state: RunState, step: int, skipped: bool, max_bad_steps: int,
+                                   files: RunFiles) -> None:
     """Count non-finite steps in a row; stop the run at ``max_bad_steps`` of them, saying
     whether a checkpoint to resume from exists."""
     state.bad_in_a_row = state.bad_in_a_row + 1 if skipped else 0
@@ -385,6 +426,6 @@ def _stop_after_too_many_bad_steps(state: RunState, skipped: bool, max_bad_steps
     )
     raise TrainingError(
         f"{state.bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
-        f"(step {state.step}); the run stops. {saved}: lower the learning rate, use bf16 "
+        f"(step {step}); the run stops. {saved}: lower the learning rate, use bf16 "
         "instead of fp16, or check the data"
     )

@@ -79,8 +79,9 @@ def _cpu_only(precision: str) -> bool:
     return not torch.cuda.is_available()
 
 
-def finite_on_every_process(loss, grad_norm, model, accelerator) -> bool:
-    """Whether this step's loss and gradients are finite on every process.
+def finite_on_every_process(loss, grad_norm, model, accelerator) -> torch.Tensor:
+    """Whether this step's loss and gradients are finite on every process: a 0-dim bool
+    tensor on the device, computed and reduced there (nothing is read on the host).
 
     Processes see different batches: a bad batch gives one process a NaN loss while
     the others see a finite loss and the NaN gradients DDP averaged in. All must skip
@@ -91,10 +92,9 @@ def finite_on_every_process(loss, grad_norm, model, accelerator) -> bool:
     if grad_norm is None:
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    # One read of a device value per step: the flag is computed, and summed over processes, on the device.
     bad = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float().reshape(())
     failed = accelerator.reduce(bad.to(accelerator.device), reduction="sum")
-    return not bool(failed)
+    return failed == 0
 
 
 @torch.no_grad()

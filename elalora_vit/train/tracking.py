@@ -34,8 +34,8 @@ class Tracker:
 
     # What the loop reports; each turns the run's records into scalars.
     def log_step(self, step: int, loss: Any, lr: float, skipped: bool) -> None:
-        if type(self) is not Tracker and not skipped:  # float(loss) waits for the device: only when logging
-            self.log_scalars({"train/loss": float(loss.detach()), "train/lr": lr}, step)
+        if type(self) is not Tracker and not skipped:  # the loop passes the loss read in bulk (a float)
+            self.log_scalars({"train/loss": float(loss), "train/lr": lr}, step)
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}

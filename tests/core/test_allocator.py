@@ -359,15 +359,23 @@ def test_adalora_allocator_prunes_to_its_target_and_never_grows():
     assert all(not r.expanded for r in alloc.history)
 
 
-def test_a_step_the_loop_skipped_teaches_the_scores_nothing():
+@pytest.mark.parametrize("flag", ["host bool", "device tensor"])
+def test_a_step_the_loop_skipped_teaches_the_scores_nothing(flag):
+    """The loop says "skipped" as a bool or as its device-side flag (a 0-dim tensor the
+    allocator masks with, never reads); either way the scores are untouched and counted."""
     model, opt, alloc, cfg = setup()
     run(model, opt, alloc, cfg, 0, 2)
     before = [t.clone() for t in alloc.tracker.ibar + alloc.tracker.ubar]
     x, y = batch(2)
     torch.nn.functional.cross_entropy(model(x), y).backward()  # finite gradients
-    alloc.step(opt, skipped=True)
+    alloc.step(opt, skipped=True if flag == "host bool" else torch.tensor(True), finite_checked=True)
     assert alloc.step_count == 3 and alloc.skipped_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(before, alloc.tracker.ibar + alloc.tracker.ubar))
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    alloc.step(opt, skipped=False if flag == "host bool" else torch.tensor(False), finite_checked=True)
+    assert alloc.step_count == 4 and alloc.skipped_steps == 1  # a step that counts is taken in
+    assert not all(torch.equal(a, b) for a, b in zip(before, alloc.tracker.ibar + alloc.tracker.ubar))
 
 
 def test_stepping_past_total_steps_warns_once():

@@ -125,6 +125,38 @@ def test_non_finite_gradients_change_nothing(bad):
     assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_step_masked_by_the_loops_flag_changes_nothing_even_with_non_finite_gradients(bad):
+    """``valid`` false (the loop's device-side finite flag) with the tracker's own check off:
+    the NaN / inf is masked on the device, not multiplied by a zero weight (NaN * 0 = NaN)."""
+    layer = _layer_with_grads(1.0)
+    with torch.no_grad():
+        layer.lora_theta.fill_(1.0)
+    tracker = ImportanceTracker([layer])
+    tracker.update()
+    before = [t.clone() for t in tracker.ibar + tracker.ubar]
+    layer.lora_B.grad[0, 1, 1] = bad
+    assert not tracker.update(check_finite=False, valid=torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(before, tracker.ibar + tracker.ubar))
+    layer.lora_B.grad[0, 1, 1] = 2.0
+    assert tracker.update(check_finite=False, valid=torch.tensor(True))
+    assert not torch.equal(before[2], tracker.ibar[2]) and not torch.equal(before[5], tracker.ubar[2])
+
+
+def test_the_emas_of_a_model_on_two_dtypes_are_kept_per_dtype():
+    """One flat buffer per (device, dtype): a bf16 layer beside an fp32 one keeps its dtype."""
+    low, high = _layer_with_grads(1.0).to(torch.bfloat16), _layer_with_grads(1.0)
+    for layer in (low, high):
+        for p in (layer.lora_A, layer.lora_theta, layer.lora_B):
+            p.grad = torch.ones_like(p)
+    tracker, alone = ImportanceTracker([low, high]), [ImportanceTracker([low]), ImportanceTracker([high])]
+    assert tracker.update() and all(t.update() for t in alone)
+    assert [t.dtype for t in tracker.ibar] == [torch.bfloat16] * 3 + [torch.float32] * 3
+    for index, single in enumerate(alone):  # the same scores as each layer tracked on its own
+        assert torch.equal(tracker.layer_scores(index), single.layer_scores(0))
+        assert tracker.layer_scores(index).abs().sum() > 0
+
+
 def test_missing_gradient_counts_as_zero():
     layer = _layer_with_grads(1.0)
     layer.lora_A.grad = None
