@@ -135,7 +135,9 @@ class TrainConfig:
     output_dir: str = setting("runs/{task}/{method}/seed{seed}", "the run folder ({task}, {method}, {seed} filled in)")
     eval_every: int = setting(0, "also evaluate every N epochs; 0: at the end only")
     max_bad_steps: int = setting(20, "consecutive non-finite steps before the run stops")
-    checkpoint_every: int = setting(1, "epochs between checkpoints (the last epoch always gets one); 0: the last only")
+    checkpoint_every: int | None = setting(None, "epochs between checkpoints; null (the default): as often as keeps "
+                                                 "their writing under 2% of the run's time; 0: the last only; the last "
+                                                 "epoch always gets one")
     progress: bool = setting(True, "progress bars")
     log_to: str = setting("none", "none | tensorboard | wandb: also log scalars, ranks and figures there")
     compile: bool = setting(False, "torch.compile the model (shapes never change: traced once, rounds and all)")
@@ -176,8 +178,9 @@ class TrainConfig:
         check_value(self.optim.warmup_epochs >= 0, "optim.warmup_epochs", self.optim.warmup_epochs, "a number >= 0")
         check_value(self.optim.grad_clip >= 0, "optim.grad_clip", self.optim.grad_clip, "a number >= 0 (0 disables)")
         check_value(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0")
-        check_value(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
-                    "an integer >= 0 (0: a checkpoint after the last epoch only)")
+        check_value(self.checkpoint_every is None or self.checkpoint_every >= 0, "checkpoint_every",
+                    self.checkpoint_every, "an integer >= 0 (0: a checkpoint after the last epoch only), or null "
+                    "(as often as keeps their cost under 2% of the run's time)")
         check_value(self.adapter.lr_multiplier > 0, "adapter.lr_multiplier", self.adapter.lr_multiplier, "a number > 0")
         if self.data.image_size is not None:
             _positive_int("data.image_size", self.data.image_size)

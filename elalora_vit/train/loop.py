@@ -6,8 +6,8 @@ builds the backbone and the data, sets up the method (ElaLoRA, LoRA, AdaLoRA,
 full fine-tuning or linear probing), then runs epochs of AdamW steps with a
 warm-up + cosine/linear LR schedule, gradient clipping, the orthogonal
 regulariser and the rank allocator, under fp32/bf16/fp16 through accelerate.
-Every ``checkpoint_every`` epochs (default 1) and after the last one comes an atomic
-checkpoint, so ``resume=True`` continues a stopped run from it and reaches what an
+Every ``checkpoint_every`` epochs (by default as often as keeps their cost under 2% of the
+run) and after the last one comes an atomic checkpoint, so ``resume=True`` continues a stopped run from it and reaches what an
 uninterrupted run reaches.
 
 The pieces live beside it: the run's state (state.py), its files (run_files.py),
@@ -53,6 +53,7 @@ from .runtime import (create_accelerator, evaluate, finite_on_every_process, mai
 from .state import RunState
 from .tracking import make_tracker
 
+CHECKPOINT_SHARE = 0.02  # checkpoint_every's default: at most this share of a run's time spent writing checkpoints
 READ_EVERY = 10  # steps between reads of the losses and skip flags (and updates of the progress bar's numbers)
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,11 @@ def _train_epochs(state: RunState, cfg: TrainConfig, data, accelerator, progress
             append_jsonl(files.metrics, record)
         state.tracker.log_epoch(record)
         stopping = stop_after_epoch is not None and stop_after_epoch <= state.epoch < cfg.optim.epochs
-        if _checkpoint_due(cfg, state.epoch) or stopping:
+        if _checkpoint_due(cfg, state) or stopping:
+            begun = time.monotonic()
             save_run_checkpoint(files.checkpoint, cfg, state, accelerator)
+            state.checkpoint_written_at = time.monotonic()
+            state.checkpoint_seconds = state.checkpoint_written_at - begun
         if stopping:
             progress.close()
             state.tracker.close()
@@ -193,11 +197,21 @@ def _train_epochs(state: RunState, cfg: TrainConfig, data, accelerator, progress
     return True
 
 
-def _checkpoint_due(cfg: TrainConfig, epoch: int) -> bool:
-    """A checkpoint every ``checkpoint_every`` epochs and after the last one: a GPU epoch of
-    VTAB-1k is about a second, and a fsynced checkpoint of a ViT-B-sized state a third of one."""
+def _checkpoint_due(cfg: TrainConfig, state: RunState) -> bool:
+    """A checkpoint after the last epoch, and before it every ``checkpoint_every`` epochs or,
+    by default (``None``), whenever the time since the last one is at least
+    ``1 / CHECKPOINT_SHARE - 1`` times what that one took to write, so that writing them costs
+    at most ``CHECKPOINT_SHARE`` of the run: every epoch when epochs are long (a CPU run), every
+    tenth or twentieth when a GPU epoch takes about as long as a fsynced checkpoint. The first
+    epoch always gets one (it measures the cost). The main process times and decides for all."""
     every = cfg.checkpoint_every
-    return epoch >= cfg.optim.epochs or (every > 0 and epoch % every == 0)
+    if state.epoch >= cfg.optim.epochs:
+        return True
+    if every is not None:
+        return every > 0 and state.epoch % every == 0
+    due = (state.checkpoint_seconds is None
+           or time.monotonic() - state.checkpoint_written_at >= state.checkpoint_seconds * (1 / CHECKPOINT_SHARE - 1))
+    return main_process_decides(due)
 
 
 def _final_evaluation(state: RunState, cfg: TrainConfig, data, accelerator, files: RunFiles) -> float:

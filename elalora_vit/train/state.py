@@ -34,6 +34,8 @@ class RunState:
     current_rank: int | None = None  # total adapter rank; changes only in an allocation round
     checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk (None: none yet)
     tracker: Tracker = field(default_factory=Tracker)  # log_to's; not part of the checkpoint
+    checkpoint_seconds: float | None = None  # how long the last checkpoint took to write; not part of it
+    checkpoint_written_at: float = 0.0  # time.monotonic() when it was written; not part of it
 
     @property
     def allocator(self) -> RankAllocator | None:

@@ -86,6 +86,17 @@ def test_numeric_flags_take_the_same_spellings():
         load_config(None, _train_overrides(build_parser().parse_args(["train", "--epochs", "1.5"])))
 
 
+def test_checkpoint_every_is_auto_by_default_and_takes_auto_or_a_number(tmp_path):
+    def parsed(*flags):
+        return load_config(None, _train_overrides(build_parser().parse_args(["train", *flags]))).checkpoint_every
+
+    assert parsed() is None and parsed("--checkpoint-every", "auto") is None
+    assert parsed("--checkpoint-every", "10") == 10 and parsed("--checkpoint-every", "0") == 0
+    assert _file(tmp_path, "checkpoint_every: null\n").checkpoint_every is None
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        parsed("--checkpoint-every", "-1")
+
+
 def test_numbers_in_lists_mappings_and_python_overrides(tmp_path):
     cfg = _file(tmp_path, "data:\n  mean: [1e-1, .2, 3e-1]\nmodel:\n  kwargs: {drop_path_rate: 1e-1}\n")
     assert cfg.data.mean == pytest.approx([0.1, 0.2, 0.3])

@@ -208,6 +208,44 @@ def test_checkpoints_come_every_n_epochs_and_after_the_last(every, expected, fol
     assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 3
 
 
+@pytest.mark.parametrize("epoch_seconds, expected", [(10.0, [1, 6, 7]), (60.0, [1, 2, 3, 4, 5, 6, 7])])
+def test_by_default_checkpoints_cost_at_most_2_percent_of_the_run(epoch_seconds, expected, folder_root, tmp_path,
+                                                                   monkeypatch):
+    """``checkpoint_every: null`` (the default): one after the first epoch, which measures the
+    cost, then one whenever 49x that cost has passed, and one after the last. A fake clock:
+    each epoch takes ``epoch_seconds``, each checkpoint 1 s; with 10 s epochs, every 5th."""
+    import time as real_time
+
+    from elalora_vit.train import loop
+
+    class Clock:
+        now = 0.0
+        time = staticmethod(real_time.time)
+
+        @classmethod
+        def monotonic(cls):
+            return cls.now
+
+    written, save, epoch = [], loop.save_run_checkpoint, loop._train_epoch
+
+    def timed_save(path, cfg, state, acc):
+        written.append(state.epoch)
+        Clock.now += 1.0
+        return save(path, cfg, state, acc)
+
+    def timed_epoch(*args, **kwargs):
+        Clock.now += epoch_seconds
+        return epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "time", Clock)
+    monkeypatch.setattr(loop, "save_run_checkpoint", timed_save)
+    monkeypatch.setattr(loop, "_train_epoch", timed_epoch)
+    cfg = load_config(None, tiny_overrides(folder_root, tmp_path / "auto", method="lora", **{"optim.epochs": 7}))
+    assert cfg.checkpoint_every is None
+    train(cfg)
+    assert written == expected
+
+
 def test_a_stop_between_checkpoints_still_writes_one(folder_root, tmp_path):
     out = tmp_path / "stopped"
     cfg = load_config(None, tiny_overrides(folder_root, out, method="lora", checkpoint_every=5))
