@@ -99,8 +99,8 @@ def _add_train(sub) -> None:
             "also rank_evolution.png and importance_scores.png); full and linear "
             "write trained.safetensors. 'elalora-vit evaluate' adds eval-<split>.json. A folder holding a run is never overwritten "
             "without --resume or --overwrite, and a run holds .elalora.lock in its folder while it works: a second "
-            "process on that folder stops instead of touching it. Ctrl-C stops with exit code 130 and prints the command that "
-            "continues the run."
+            "process on that folder stops instead of touching it. Ctrl-C stops with exit code 130 (SIGTERM: 143) and prints the "
+            "command that continues the run."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

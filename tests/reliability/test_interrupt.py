@@ -36,3 +36,29 @@ def test_ctrl_c_prints_where_it_stopped_and_how_to_continue(task_root, tmp_path)
     resumed = run_cli(command[1:])  # the command it printed, as the user would paste it
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed {out} at epoch {saved}" in resumed.stderr
+
+
+def test_sigterm_stops_as_ctrl_c_does_with_exit_code_143(task_root, tmp_path):
+    """A scheduler pre-empting the job sends SIGTERM: the run stops as on Ctrl-C, with the same
+    line, and the printed command continues it."""
+    out = tmp_path / "run"
+    args = cli_train_args(tiny_overrides(task_root, out, **{"optim.epochs": 8}))
+    child = subprocess.Popen([sys.executable, "-m", "elalora_vit.cli", *args], cwd=REPO, env=child_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "checkpoint.pt").exists(), child)
+    child.send_signal(signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("stopped")]
+    assert len(lines) == 1 and lines[0].endswith(f"continue with `{shlex.join(['elalora-vit', *args, '--resume'])}`"), lines
+    resumed = run_cli([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_the_sigterm_handler_is_put_back_after_a_command():
+    from elalora_vit import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["list-tasks"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == before
