@@ -56,6 +56,10 @@ lambda at s = 1, grown ranks started as LoRA's: P's column 0, lambda 1), which b
 package's ``init="lora"`` and ``lambda_lr_multiplier=1`` (the package draws Q exactly as our
 LoRA draws A, and draws no discarded P direction when a rank grows).
 
+Fifth round: ``elalora-fused`` / ``lora-fused``, the defaults with the fused qkv adapted as one
+layer of rank r, as PEFT adapts it (``peft`` gives it rank 1.5 r); not adopted (BENCHMARKS.md,
+"The fused qkv as one adapter").
+
 Apart from the package's settings, the variants are changes to this process's copy of the layer
 (monkeypatches, undone after each run). The first round's six closed nothing; the ladder found
 the cost in lambda's speed-up; BENCHMARKS.md, "Where the SVD form loses", has every table.
@@ -212,6 +216,18 @@ def _lora_rate_setup(setup):
     return patched
 
 
+FUSED_TARGETS = ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"]
+
+
+def _fused_qkv_setup(setup):
+    """The fused qkv adapted as one layer, as PEFT adapts it, at rank r (so 4 d r parameters
+    there against three parts' 6 d r: fewer in all, not more; PEFT's `peft` variant gets 1.5 r)."""
+    def patched(model, cfg, total_steps):
+        cfg.model.targets, cfg.model.split = list(FUSED_TARGETS), None
+        return setup(model, cfg, total_steps)
+    return patched
+
+
 def _lora_like_expand(self, adapter, optimizer):
     """A grown rank started as LoRA starts one: Q a unit row orthogonal to the active ones,
     P's column 0 and lambda 1 (the function does not jump: P's column is 0)."""
@@ -262,6 +278,9 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "ladder-2-s1": ("elalora", {"b": 0, "orth_reg_weight": 0.0, "lambda_lr_multiplier": 1.0},
                     {"setup": _as_lora_setup(True)}),
     "ladder-3-s1": ("elalora", {"b": 0, "lambda_lr_multiplier": 1.0}, {"setup": _as_lora_setup(True)}),
+    # issue 24, fifth round: the fused qkv as one adapter (PEFT's form), the defaults otherwise
+    "elalora-fused": ("elalora", {}, {"setup": _fused_qkv_setup}),
+    "lora-fused": ("lora", {}, {"setup": _fused_qkv_setup}),
     # the candidate with reallocation, as measured before it became the package's init="lora"
     # (its Q draws in module order, and a discarded P draw at each expansion)
     "elalora-lora-start-s1": ("elalora", {"lambda_lr_multiplier": 1.0},
