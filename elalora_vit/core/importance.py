@@ -19,7 +19,7 @@ tracker scores the parameter ``theta`` the optimizer trains, and
 The EMAs of every adapter tensor live in one flat buffer per device (``ibar`` and
 ``ubar`` are views of it, one per adapter tensor), so a step is a fixed number of kernel
 launches whatever the model size, and a step whose gradients are not finite is masked
-out on the device (``torch.where``) instead of being decided by a read of a device
+out on the device (a zero weight, NaN and inf zeroed first) instead of being decided by a read of a device
 value on the host, which would stall the host until a GPU drains its queue.
 """
 
@@ -144,13 +144,16 @@ class _FlatGroup:
         if check_finite:  # |w * g| >= 0: not all finite <=> the max is inf or NaN (a NaN max compares false)
             finite = sensitivity.amax() < math.inf
             ok = finite if ok is None else ok & finite
-        if ok is not None:  # a step that does not count: I_t := Ibar_{t-1}, which leaves Ibar as it was, NaN-free
-            torch.where(ok, sensitivity, self.ibar, out=sensitivity)
         # lerp(a, b, w) = a + w (b - a) = (1 - w) a + w b: each EMA in one pass over memory.
-        self.ibar.lerp_(sensitivity, 1 - beta1)
-        sensitivity.sub_(self.ibar).abs_()  # |I_t - Ibar_t|
         if ok is None:
+            self.ibar.lerp_(sensitivity, 1 - beta1)
+            sensitivity.sub_(self.ibar).abs_()  # |I_t - Ibar_t|
             self.ubar.lerp_(sensitivity, 1 - beta2)
             return torch.ones((), dtype=torch.bool, device=self.sens.device)
-        self.ubar.lerp_(sensitivity, ok * (1 - beta2))  # weight 0: Ubar as it was
+        # A step that does not count folds in with weight 0, which leaves both EMAs exactly as
+        # they were once NaN and inf are zeroed (NaN * 0 = NaN; one pass, cheaper than a where).
+        sensitivity.nan_to_num_(0.0, 0.0, 0.0)
+        self.ibar.lerp_(sensitivity, ok * (1 - beta1))
+        sensitivity.sub_(self.ibar).abs_()
+        self.ubar.lerp_(sensitivity, ok * (1 - beta2))
         return ok
