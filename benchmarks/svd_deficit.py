@@ -56,7 +56,8 @@ lambda at s = 1, grown ranks started as LoRA's: P's column 0, lambda 1), which b
 package's ``init="lora"`` and ``lambda_lr_multiplier=1`` (the package draws Q exactly as our
 LoRA draws A, and draws no discarded P direction when a rank grows).
 
-Fifth round: ``elalora-fused`` / ``lora-fused``, the defaults with the fused qkv adapted as one
+Fifth round: ``b0-no-reg`` and ``b0-frozen-lambda`` (``b0`` without the regulariser, or with lambda
+kept at 1: what ``b0`` pays at width 384); ``elalora-fused`` / ``lora-fused``, the defaults with the fused qkv adapted as one
 layer of rank r, as PEFT adapts it (``peft`` gives it rank 1.5 r); not adopted (BENCHMARKS.md,
 "The fused qkv as one adapter").
 
@@ -216,6 +217,17 @@ def _lora_rate_setup(setup):
     return patched
 
 
+def _frozen_lambda_setup(setup):
+    """lambda kept at its start (1, the defaults' init): theta gets no gradient, so the SVD layer
+    differs from LoRA only by its regulariser and its parameterisation P, Q."""
+    def patched(model, cfg, total_steps):
+        method = setup(model, cfg, total_steps)
+        for _, layer in L.adapted_layers(model):
+            layer.lora_theta.requires_grad_(False)
+        return method
+    return patched
+
+
 FUSED_TARGETS = ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"]
 
 
@@ -278,6 +290,9 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "ladder-2-s1": ("elalora", {"b": 0, "orth_reg_weight": 0.0, "lambda_lr_multiplier": 1.0},
                     {"setup": _as_lora_setup(True)}),
     "ladder-3-s1": ("elalora", {"b": 0, "lambda_lr_multiplier": 1.0}, {"setup": _as_lora_setup(True)}),
+    # issue 24, fifth round: what b0 pays at width 384, one part at a time (the defaults otherwise)
+    "b0-no-reg": ("elalora", {"b": 0, "orth_reg_weight": 0.0}, {}),
+    "b0-frozen-lambda": ("elalora", {"b": 0}, {"setup": _frozen_lambda_setup}),
     # issue 24, fifth round: the fused qkv as one adapter (PEFT's form), the defaults otherwise
     "elalora-fused": ("elalora", {}, {"setup": _fused_qkv_setup}),
     "lora-fused": ("lora", {}, {"setup": _fused_qkv_setup}),
