@@ -148,7 +148,8 @@ class RankAllocator:
         flag, e.g. the one that skips a fused AdamW step through ``found_inf``): the scores
         then mask the step on the device, and nothing here reads it.
         ``finite_checked=True`` says ``skipped`` already covers this step's gradients being
-        finite, so the scores skip their own check (one reduction on the device fewer).  Returns the round's record, or None when no round ran.
+        finite, so the scores skip their own check (one reduction on the device fewer).
+        Returns the round's record, or None when no round ran.
 
         Under gradient accumulation with accelerate (``accelerator.accumulate(model)``),
         pass the prepared optimizer: on micro-batches where it did not step

@@ -144,16 +144,14 @@ class _FlatGroup:
         if check_finite:  # |w * g| >= 0: not all finite <=> the max is inf or NaN (a NaN max compares false)
             finite = sensitivity.amax() < math.inf
             ok = finite if ok is None else ok & finite
+        if ok is None:  # every step counts
+            weight1, weight2 = 1 - beta1, 1 - beta2
+        else:  # a step that does not count folds in with weight 0, which leaves both EMAs exactly as
+            # they were once NaN and inf are zeroed (NaN * 0 = NaN; one pass, cheaper than a where)
+            sensitivity.nan_to_num_(0.0, 0.0, 0.0)
+            weight1, weight2 = ok * (1 - beta1), ok * (1 - beta2)
         # lerp(a, b, w) = a + w (b - a) = (1 - w) a + w b: each EMA in one pass over memory.
-        if ok is None:
-            self.ibar.lerp_(sensitivity, 1 - beta1)
-            sensitivity.sub_(self.ibar).abs_()  # |I_t - Ibar_t|
-            self.ubar.lerp_(sensitivity, 1 - beta2)
-            return torch.ones((), dtype=torch.bool, device=self.sens.device)
-        # A step that does not count folds in with weight 0, which leaves both EMAs exactly as
-        # they were once NaN and inf are zeroed (NaN * 0 = NaN; one pass, cheaper than a where).
-        sensitivity.nan_to_num_(0.0, 0.0, 0.0)
-        self.ibar.lerp_(sensitivity, ok * (1 - beta1))
-        sensitivity.sub_(self.ibar).abs_()
-        self.ubar.lerp_(sensitivity, ok * (1 - beta2))
-        return ok
+        self.ibar.lerp_(sensitivity, weight1)
+        sensitivity.sub_(self.ibar).abs_()  # |I_t - Ibar_t|
+        self.ubar.lerp_(sensitivity, weight2)
+        return torch.ones((), dtype=torch.bool, device=self.sens.device) if ok is None else ok

@@ -7,8 +7,8 @@ full fine-tuning or linear probing), then runs epochs of AdamW steps with a
 warm-up + cosine/linear LR schedule, gradient clipping, the orthogonal
 regulariser and the rank allocator, under fp32/bf16/fp16 through accelerate.
 Every ``checkpoint_every`` epochs (by default as often as keeps their cost under 2% of the
-run) and after the last one comes an atomic checkpoint, so ``resume=True`` continues a stopped run from it and reaches what an
-uninterrupted run reaches.
+run) and after the last one comes an atomic checkpoint, so ``resume=True`` continues a
+stopped run from it and reaches what an uninterrupted run reaches.
 
 The pieces live beside it: the run's state (state.py), its files (run_files.py),
 what may happen to its output folder (run_folder.py: --resume, --overwrite),
@@ -201,8 +201,8 @@ def _checkpoint_due(cfg: TrainConfig, state: RunState) -> bool:
     """A checkpoint after the last epoch, and before it every ``checkpoint_every`` epochs or,
     by default (``None``), whenever the time since the last one is at least
     ``1 / CHECKPOINT_SHARE - 1`` times what that one took to write, so that writing them costs
-    at most ``CHECKPOINT_SHARE`` of the run: every epoch when epochs are long (a CPU run), every
-    tenth or twentieth when a GPU epoch takes about as long as a fsynced checkpoint. The first
+    at most ``CHECKPOINT_SHARE`` of the run: every epoch when epochs are long (a CPU run), about
+    every 20th when a GPU epoch takes about as long as a fsynced checkpoint. The first
     epoch always gets one (it measures the cost). The main process times and decides for all."""
     every = cfg.checkpoint_every
     if state.epoch >= cfg.optim.epochs:
@@ -394,9 +394,9 @@ def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator) -> tuple[t
     finite = finite_on_every_process(loss, grad_norm, state.model, accelerator)
     optimizer = _inner_optimizer(state.optimizer)
     if accelerator.scaler is None and optimizer.defaults.get("fused"):
-        optimizer.found_inf = (~finite).float()  # the kernel skips a non-finite step on the device
-        state.optimizer.step()
         skipped = ~finite
+        optimizer.found_inf = skipped.float()  # the kernel skips a non-finite step on the device
+        state.optimizer.step()
     else:
         finite = bool(finite)
         if finite or accelerator.scaler is not None:  # with a scaler, it decides what to skip

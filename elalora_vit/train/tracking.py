@@ -33,7 +33,7 @@ class Tracker:
         """Flush and release the tracker's files."""
 
     # What the loop reports; each turns the run's records into scalars.
-    def log_step(self, step: int, loss: Any, lr: float, skipped: bool) -> None:
+    def log_step(self, step: int, loss: float, lr: float, skipped: bool) -> None:
         if type(self) is not Tracker and not skipped:  # the loop passes the loss read in bulk (a float)
             self.log_scalars({"train/loss": float(loss), "train/lr": lr}, step)
 
