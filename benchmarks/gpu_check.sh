@@ -4,7 +4,8 @@
 #   2. inference images/s of the same model, adapters merged and unmerged
 #   3. one `elalora-vit train` run end to end on generated data (1,000 train / 2,000 test images,
 #      384x288 JPEG, random-init ViT-B/16, 5 epochs, precision auto), twice: the first builds the
-#      image cache, the second reads it; the wall times and the data-load time of each
+#      image cache, the second reads it; the wall times, and the share of each run's training
+#      steps spent getting batches (`data_wait_share` in result.json, host time)
 #   4. evaluation images/s from the cache against the lazy decoding path
 #   5. the same run with --compile (torch.compile), at most 150 s
 # Everything it prints goes to $OUT/gpu_check.log too, with JSON files and the train logs
@@ -82,6 +83,8 @@ result = json.load(open(path))
 print(f"  {name} run: {end - start:.1f} s wall ({result.get('wall_time_s')} s inside train), "
       f"top-1 {result['accuracy']:.2f}, precision {result.get('protocol', {}).get('precision')}, "
       f"{result.get('steps')} steps, skipped steps {result.get('skipped_steps')}, rounds {result.get('rounds')}")
+share = result.get("data_wait_share")
+print(f"  {name} run: waiting on data {'?' if share is None else f'{100 * share:.1f}%'} of the training steps' time")
 PY
 }
 train_run first 240

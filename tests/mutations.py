@@ -91,9 +91,33 @@ MUTATIONS = [
         "finite-check-local",  # train/runtime.py: finite_on_every_process
         "the cross-process finite check is local: one process skips a step the others take",
         "elalora_vit/train/runtime.py",
-        'failed = accelerator.reduce(bad.to(accelerator.device), reduction="sum")',
-        "failed = bad",
+        'failed, stopping = accelerator.reduce(flags, reduction="sum")',
+        "failed, stopping = flags",
         ("tests/reliability/test_distributed.py",),
+    ),
+    Mutation(
+        "stop-flag-local",  # train/runtime.py: finite_on_every_process
+        "a stop signal on one process is not reduced: the other trains on and waits in a collective",
+        "elalora_vit/train/runtime.py",
+        "return failed == 0, stopping > 0",
+        "return failed == 0, flags[1] > 0",
+        ("tests/reliability/test_distributed.py::test_a_signal_to_one_process_stops_every_process_after_the_same_step",),
+    ),
+    Mutation(
+        "stop-not-deferred",  # train/stopping.py: StopSignals._received
+        "Ctrl-C / SIGTERM during the steps stops at once, with no checkpoint of the step",
+        "elalora_vit/train/stopping.py",
+        "if self.deferring and (signum not in self._seen or not self._repeat_stops):",
+        "if False:",
+        ("tests/reliability/test_interrupt.py",),
+    ),
+    Mutation(
+        "resume-restarts-the-epoch",  # train/loop.py: _train_epoch
+        "a run resumed from a stop between two steps takes the epoch's first steps again",
+        "elalora_vit/train/loop.py",
+        "_train_batches(dataset, cfg, state.epoch, accelerator, start=done.steps)",
+        "_train_batches(dataset, cfg, state.epoch, accelerator, start=0)",
+        ("tests/reliability/test_interrupt.py",),
     ),
     Mutation(
         "loop-passes-no-optimizer",  # train/loop.py: the allocator.step call in _allocation_step

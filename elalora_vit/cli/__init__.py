@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         if _is_main_process():
             print(stopped_line(args.command, args.argv, stop), file=sys.stderr)
-        return 128 + signal.SIGTERM if terminated else 130
+        return 128 + signal.SIGTERM if terminated or getattr(stop, "signum", None) == signal.SIGTERM else 130
     except Exception as err:
         if args.verbose or not _is_user_error(err):
             raise

@@ -7,8 +7,9 @@ full fine-tuning or linear probing), then runs epochs of AdamW steps with a
 warm-up + cosine/linear LR schedule, gradient clipping, the orthogonal
 regulariser and the rank allocator, under fp32/bf16/fp16 through accelerate.
 Every ``checkpoint_every`` epochs (by default as often as keeps their cost under 2% of the
-run) and after the last one comes an atomic checkpoint, so ``resume=True`` continues a
-stopped run from it and reaches what an uninterrupted run reaches.
+run), after the last one, and when Ctrl-C or SIGTERM stops the run between two steps comes
+an atomic checkpoint, so ``resume=True`` continues a stopped run from it and reaches what
+an uninterrupted run reaches.
 
 The pieces live beside it: the run's state (state.py), its files (run_files.py),
 what may happen to its output folder (run_folder.py: --resume, --overwrite),
@@ -50,7 +51,8 @@ from .run_files import RunFiles
 from .run_folder import FINISHED, NOTHING_TO_RESUME, OVERWRITE, RESUME, clear_run_files, run_folder_action
 from .runtime import (create_accelerator, evaluate, finite_on_every_process, main_process_decides, postfix,
                       process_logger, progress_bar)
-from .state import RunState
+from .state import EpochProgress, RunState
+from .stopping import StopSignals
 from .tracking import make_tracker
 
 CHECKPOINT_SHARE = 0.02  # checkpoint_every's default: at most this share of a run's time spent writing checkpoints
@@ -76,7 +78,8 @@ def train(
             (for tests and time-sliced schedulers); the checkpoint is written first.
 
     Raises:
-        RunInterrupted: Ctrl-C; it says which epoch ran and which is checkpointed.
+        RunInterrupted: Ctrl-C or SIGTERM; it says which epoch ran and what is checkpointed
+            (during the steps: the step it stopped after, written then).
     """
     cfg.validate()
     files = RunFiles(cfg.resolved_output_dir())
@@ -88,8 +91,8 @@ def train(
             return _run(cfg, files, action, stop_after_epoch)
         except RunInterrupted:
             raise
-        except KeyboardInterrupt:  # while building the model or caching the data
-            raise RunInterrupted(files.root, None, None) from None
+        except KeyboardInterrupt as stop:  # while building the model or caching the data
+            raise RunInterrupted(files.root, None, None, signum=getattr(stop, "signum", None)) from None
 
 
 @contextlib.contextmanager
@@ -149,10 +152,13 @@ def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int |
         if not _train_epochs(state, cfg, data, accelerator, progress, files, stop_after_epoch):
             return {"interrupted_after_epoch": state.epoch}
         accuracy = _final_evaluation(state, cfg, data, accelerator, files)
-    except KeyboardInterrupt:
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt as stop:
         progress.close()
         final = state.epoch >= cfg.optim.epochs
-        raise RunInterrupted(files.root, None if final else state.epoch + 1, _checkpoint_epoch(state, files), final) from None
+        raise RunInterrupted(files.root, None if final else state.epoch + 1, _checkpoint_epoch(state, files), final,
+                             signum=getattr(stop, "signum", None)) from None
     last_loss = state.metrics[-1]["train_loss"] if state.metrics else 0.0
     progress.set_postfix(postfix(last_loss, 1, accuracy, state.scheduler, state.current_rank))  # ends on the final top-1
     progress.close()
@@ -172,29 +178,37 @@ def _run(cfg: TrainConfig, files: RunFiles, action: str, stop_after_epoch: int |
 def _train_epochs(state: RunState, cfg: TrainConfig, data, accelerator, progress, files: RunFiles,
                   stop_after_epoch: int | None) -> bool:
     """The loop: an epoch of steps, its metrics line, a checkpoint. False when it
-    stopped early at ``stop_after_epoch``."""
-    while state.epoch < cfg.optim.epochs:
-        train_loss = _train_epoch(state, cfg, data.train, accelerator, progress, files)
-        state.epoch += 1
-        record = epoch_record(state, train_loss)
-        if cfg.eval_every and state.epoch % cfg.eval_every == 0 and state.epoch < cfg.optim.epochs:
-            state.last_eval = evaluate(state.model, data.eval, cfg, accelerator)
-            record.update(eval_acc=state.last_eval, eval_split=cfg.data.eval_split)
-        state.metrics.append(record)
-        if accelerator.is_main_process:
-            append_jsonl(files.metrics, record)
-        state.tracker.log_epoch(record)
-        stopping = stop_after_epoch is not None and stop_after_epoch <= state.epoch < cfg.optim.epochs
-        if _checkpoint_due(cfg, state) or stopping:
-            begun = time.monotonic()
-            save_run_checkpoint(files.checkpoint, cfg, state, accelerator)
-            state.checkpoint_written_at = time.monotonic()
-            state.checkpoint_seconds = state.checkpoint_written_at - begun
-        if stopping:
-            progress.close()
-            state.tracker.close()
-            return False
+    stopped early at ``stop_after_epoch``. Ctrl-C or SIGTERM during the steps stops after
+    the step it came in, with a checkpoint of that step (:class:`StopSignals`)."""
+    with StopSignals() as signals:
+        while state.epoch < cfg.optim.epochs:
+            train_loss = _train_epoch(state, cfg, data.train, accelerator, progress, files, signals)
+            state.epoch += 1
+            record = epoch_record(state, train_loss)
+            state.progress = EpochProgress()
+            if cfg.eval_every and state.epoch % cfg.eval_every == 0 and state.epoch < cfg.optim.epochs:
+                state.last_eval = evaluate(state.model, data.eval, cfg, accelerator)
+                record.update(eval_acc=state.last_eval, eval_split=cfg.data.eval_split)
+            state.metrics.append(record)
+            if accelerator.is_main_process:
+                append_jsonl(files.metrics, record)
+            state.tracker.log_epoch(record)
+            stopping = stop_after_epoch is not None and stop_after_epoch <= state.epoch < cfg.optim.epochs
+            if _checkpoint_due(cfg, state) or stopping:
+                _write_checkpoint(state, cfg, accelerator, files)
+            if stopping:
+                progress.close()
+                state.tracker.close()
+                return False
     return True
+
+
+def _write_checkpoint(state: RunState, cfg: TrainConfig, accelerator, files: RunFiles) -> None:
+    """Checkpoint the run, timing the write for the default cadence (:func:`_checkpoint_due`)."""
+    begun = time.monotonic()
+    save_run_checkpoint(files.checkpoint, cfg, state, accelerator)
+    state.checkpoint_written_at = time.monotonic()
+    state.checkpoint_seconds = state.checkpoint_written_at - begun
 
 
 def _checkpoint_due(cfg: TrainConfig, state: RunState) -> bool:
@@ -247,7 +261,10 @@ def _start_folder(files: RunFiles, action: str, cfg: TrainConfig, state: RunStat
     accelerator.wait_for_everyone()
     if action == RESUME:
         resume_from(files.checkpoint, cfg, state, accelerator)
-        log.info("resumed %s at epoch %d (step %d)", files.root, state.epoch, state.step)
+        if state.progress.steps:  # stopped between two steps
+            log.info("resumed %s in epoch %d at step %d", files.root, state.epoch + 1, state.step)
+        else:
+            log.info("resumed %s at epoch %d (step %d)", files.root, state.epoch, state.step)
     elif action == NOTHING_TO_RESUME and accelerator.is_main_process:
         log.warning("--resume: no checkpoint in %s, nothing to resume; starting a fresh run", files.root)
     if accelerator.is_main_process:
@@ -314,9 +331,9 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int, total_steps: int):
     return factor
 
 
-def _train_batches(dataset, cfg: TrainConfig, epoch: int, accelerator):
-    """This process's batches of one epoch: a permutation fixed by (seed, epoch), so a
-    resumed run sees the same order, split evenly across processes."""
+def _train_batches(dataset, cfg: TrainConfig, epoch: int, accelerator, start: int = 0):
+    """This process's batches of one epoch from its step ``start`` on: a permutation fixed by
+    (seed, epoch), so a resumed run sees the same order, split evenly across processes."""
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     order = torch.randperm(len(dataset), generator=generator)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -324,59 +341,95 @@ def _train_batches(dataset, cfg: TrainConfig, epoch: int, accelerator):
     steps = math.ceil(len(order) / per_step)
     if len(order) < steps * per_step:  # pad by wrapping so every process takes the same number of steps
         order = torch.cat([order, order[: steps * per_step - len(order)]])
-    for s in range(steps):
+    for s in range(start, steps):
         chunk = order[s * per_step : (s + 1) * per_step][rank::world]
         yield device_batch(dataset, chunk, accelerator.device)
 
 
-
-def _train_epoch(state: RunState, cfg: TrainConfig, dataset, accelerator, progress, files: RunFiles) -> float:
-    """One epoch of optimizer steps; returns its mean loss over the steps not skipped.
+def _train_epoch(state: RunState, cfg: TrainConfig, dataset, accelerator, progress, files: RunFiles,
+                 signals: StopSignals) -> float:
+    """The epoch's optimizer steps (those ``state.progress`` has not taken yet); returns its
+    mean loss over the steps not skipped.
 
     A step leaves its loss and its skip flag on the device; every ``READ_EVERY`` steps and
     at the epoch's end they are read in one transfer and then counted, logged and judged
-    in step order (:func:`_settle`), so no step waits for the device to drain."""
+    in step order (:func:`_settle`), so no step waits for the device to drain. A stop
+    signal is obeyed at such a read (at once in a single process), with a checkpoint."""
     state.model.train()
-    totals = [0.0, 0]  # the epoch's loss sum and count over the steps not skipped, as read so far
-    pending: list[tuple] = []
-    for x, y in _train_batches(dataset, cfg, state.epoch, accelerator):
-        loss, skipped = _train_step(state, cfg, x, y, accelerator)
-        pending.append((state.step, loss.detach(), skipped, state.scheduler.get_last_lr()[0]))
-        progress.update(1)
-        if state.step % READ_EVERY == 0:
-            _settle(state, pending, totals, cfg.max_bad_steps, files)
-            if not progress.disable:
-                progress.set_postfix(postfix(totals[0], totals[1], state.last_eval, state.scheduler, state.current_rank),
-                                     refresh=False)
-    _settle(state, pending, totals, cfg.max_bad_steps, files)
+    done, pending = state.progress, []
+    alone = accelerator.num_processes == 1
+    batches = _train_batches(dataset, cfg, state.epoch, accelerator, start=done.steps)
+    signals.deferring = True
+    try:
+        while True:
+            begun = time.perf_counter()
+            batch = next(batches, None)
+            fetched = time.perf_counter()
+            if batch is None:
+                break
+            loss, skipped, stop = _train_step(state, cfg, *batch, accelerator, signals.requested)
+            pending.append((state.step, loss.detach(), skipped, state.scheduler.get_last_lr()[0], stop))
+            done.steps += 1
+            done.data_s += fetched - begun
+            done.train_s += time.perf_counter() - begun
+            progress.update(1)
+            if state.step % READ_EVERY == 0 or (alone and signals.requested):
+                _settle_or_stop(state, pending, cfg, accelerator, progress, files, signals)
+        _settle_or_stop(state, pending, cfg, accelerator, progress, files, signals)
+    finally:
+        signals.deferring = False
+    return done.loss_sum / max(done.loss_count, 1)
+
+
+def _settle_or_stop(state: RunState, pending: list[tuple], cfg: TrainConfig, accelerator, progress, files: RunFiles,
+                    signals: StopSignals) -> None:
+    """:func:`_settle`; then, if a stop signal reached this process (or, in a multi-process
+    run, any process in the steps just read: the same steps on all), checkpoint this step
+    and stop."""
+    settle_start = time.perf_counter()
+    flagged = _settle(state, pending, cfg.max_bad_steps, files)
+    state.progress.train_s += time.perf_counter() - settle_start
     if not progress.disable:
-        progress.set_postfix(postfix(totals[0], totals[1], state.last_eval, state.scheduler, state.current_rank))
-    return totals[0] / max(totals[1], 1)
-
-
-def _settle(state: RunState, pending: list[tuple], totals: list, max_bad_steps: int, files: RunFiles) -> None:
-    """Read the pending steps' losses and skip flags in one transfer, then count, log and
-    judge each step in order, as if it had been read when it ran; empties ``pending``."""
-    if not pending:
+        progress.set_postfix(postfix(state.progress.loss_sum, state.progress.loss_count, state.last_eval,
+                                     state.scheduler, state.current_rank), refresh=False)
+    if not (flagged if accelerator.num_processes > 1 else signals.requested):
         return
-    losses = torch.stack([loss.float().reshape(()) for _, loss, _, _ in pending])
-    flags = torch.stack([torch.as_tensor(skipped, device=losses.device).reshape(()) for _, _, skipped, _ in pending])
-    values = torch.cat([losses, flags.to(losses.dtype)]).tolist()  # the one read of the device
-    n = len(pending)
-    for (step, _, _, lr), loss, skipped in zip(pending, values[:n], values[n:]):
+    signals.deferring = False  # a signal now (while the checkpoint is written) stops at once
+    _write_checkpoint(state, cfg, accelerator, files)
+    progress.close()
+    state.tracker.close()
+    raise RunInterrupted(files.root, state.epoch + 1, state.epoch, signum=signals.signum,
+                         checkpoint_step=state.step, total_steps=progress.total)
+
+
+def _settle(state: RunState, pending: list[tuple], max_bad_steps: int, files: RunFiles) -> bool:
+    """Read the pending steps' losses, skip flags and stop flags in one transfer, then count,
+    log and judge each step in order, as if it had been read when it ran; empties
+    ``pending``. True if a stop flag was set (a signal reached some process)."""
+    if not pending:
+        return False
+    losses = torch.stack([loss.float().reshape(()) for _, loss, _, _, _ in pending])
+    flags = [torch.as_tensor(skipped, device=losses.device).reshape(()) for _, _, skipped, _, _ in pending]
+    flags += [stop.reshape(()) for *_, stop in pending if stop is not None]  # a multi-process run's
+    values = torch.cat([losses, torch.stack(flags).to(losses.dtype)]).tolist()  # the one read of the device
+    n, done = len(pending), state.progress
+    for (step, _, _, lr, _), loss, skipped in zip(pending, values[:n], values[n:2 * n]):
         skipped = bool(skipped)
         _stop_after_too_many_bad_steps(state, step, skipped, max_bad_steps, files)
         if not skipped:
-            totals[0] += loss
-            totals[1] += 1
+            done.loss_sum += loss
+            done.loss_count += 1
         state.tracker.log_step(step, loss, lr, skipped)
         state.health.after_step(step, None if skipped else loss, skipped)
     pending.clear()
+    return any(values[2 * n:])
 
 
-def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator) -> tuple[torch.Tensor, torch.Tensor | bool]:
+def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator,
+                stop_requested: bool = False) -> tuple[torch.Tensor, torch.Tensor | bool, torch.Tensor | None]:
     """Forward, backward, clip, AdamW and LR steps, then the allocator's; returns the
-    loss and whether the step was skipped (non-finite on some process).
+    loss, whether the step was skipped (non-finite on some process) and, in a
+    multi-process run, whether a stop signal reached some process (a device flag).
 
     With a fused AdamW and no fp16 loss scaler (the default on CUDA and CPU), "skipped" stays
     a flag on the device: the fused kernel takes it as ``found_inf`` and leaves parameters,
@@ -391,7 +444,7 @@ def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator) -> tuple[t
     grad_norm = None
     if cfg.optim.grad_clip > 0:
         grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), cfg.optim.grad_clip)
-    finite = finite_on_every_process(loss, grad_norm, state.model, accelerator)
+    finite, stop = finite_on_every_process(loss, grad_norm, state.model, accelerator, stop_requested)
     optimizer = _inner_optimizer(state.optimizer)
     if accelerator.scaler is None and optimizer.defaults.get("fused"):
         skipped = ~finite
@@ -407,7 +460,7 @@ def _train_step(state: RunState, cfg: TrainConfig, x, y, accelerator) -> tuple[t
         _allocation_step(state, skipped)
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    return loss, skipped
+    return loss, skipped, stop
 
 
 def _inner_optimizer(optimizer):

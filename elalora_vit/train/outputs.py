@@ -48,6 +48,8 @@ def epoch_record(state: RunState, train_loss: float) -> dict[str, Any]:
         "total_rank": state.current_rank,
         "skipped_steps": state.health.skipped_steps,
         "time_s": round(time.time() - state.started, 2),
+        "steps_s": round(state.progress.train_s, 3),  # the epoch's steps, getting their batches included
+        "data_s": round(state.progress.data_s, 3),  # getting the batches (reading, pinning, copying)
     }
 
 
@@ -75,6 +77,7 @@ def run_result(cfg: TrainConfig, files: RunFiles, state: RunState, accuracy: flo
         "model": cfg.model.name,
         "pretrained": bool(cfg.model.pretrained or cfg.model.checkpoint),
         "wall_time_s": round(time.time() - state.started, 2),
+        "data_wait_share": data_wait_share(state.metrics),
         "output_dir": str(files.root),
     }
 
@@ -101,6 +104,13 @@ def write_outputs(files: RunFiles, cfg: TrainConfig, state: RunState, result: di
                               method.adapter_config, allocator.total_steps, label)
     write_metrics(files, state.metrics)  # its last line now carries the final top-1
     atomic_write_json(files.result, result)
+
+
+def data_wait_share(metrics: list[dict[str, Any]]) -> float | None:
+    """The share of the training steps' time the loop spent getting batches (host time:
+    under 1% means the data keeps up); None without timed epochs."""
+    steps = sum(m.get("steps_s", 0.0) for m in metrics)
+    return round(sum(m.get("data_s", 0.0) for m in metrics) / steps, 4) if steps > 0 else None
 
 
 def best_epoch(metrics: list[dict[str, Any]]) -> int | None:

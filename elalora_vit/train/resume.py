@@ -1,5 +1,6 @@
-"""A run's state in and out of its checkpoint: written after every epoch, read back
-by ``train(resume=True)`` so that the resumed run reaches what an uninterrupted one does."""
+"""A run's state in and out of its checkpoint: written after an epoch (or, on Ctrl-C or
+SIGTERM, between two steps of one), read back by ``train(resume=True)`` so that the resumed
+run reaches what an uninterrupted one does."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .checkpoint import CheckpointError, check_same_run, load_checkpoint, save_c
 from ..config import TrainConfig
 from .errors import TrainingError
 from .methods import trainable_state_names
-from .state import RunState
+from .state import EpochProgress, RunState
 
 
 def save_run_checkpoint(path: Path, cfg: TrainConfig, state: RunState, accelerator) -> None:
@@ -39,6 +40,8 @@ def checkpoint_state(cfg: TrainConfig, state: RunState, accelerator) -> dict[str
         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
         "allocator": state.allocator.state_dict() if state.allocator is not None else None,
         "health": state.health.state_dict(),
+        "epoch_progress": state.progress.to_dict(),  # a stop between two steps: the epoch in progress
+        "bad_in_a_row": state.bad_in_a_row,
         "torch_rng": torch.get_rng_state(),
         "metrics": state.metrics,
         "wall_time": time.time() - state.started,
@@ -84,6 +87,8 @@ def restore(state: RunState, saved: dict[str, Any], accelerator) -> None:
     state.health.load_state_dict(saved["health"])
     torch.set_rng_state(saved["torch_rng"])
     state.epoch, state.step = int(saved["epoch"]), int(saved["step"])
+    state.progress = EpochProgress(**saved.get("epoch_progress", {}))  # older checkpoints have neither
+    state.bad_in_a_row = int(saved.get("bad_in_a_row", 0))
     state.checkpoint_epoch = state.epoch
     state.metrics = list(saved["metrics"])
     state.started -= float(saved["wall_time"])

@@ -79,9 +79,12 @@ def _cpu_only(precision: str) -> bool:
     return not torch.cuda.is_available()
 
 
-def finite_on_every_process(loss, grad_norm, model, accelerator) -> torch.Tensor:
+def finite_on_every_process(loss, grad_norm, model, accelerator,
+                            stop_requested: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Whether this step's loss and gradients are finite on every process: a 0-dim bool
-    tensor on the device, computed and reduced there (nothing is read on the host).
+    tensor on the device, computed and reduced there (nothing is read on the host); and,
+    in a multi-process run, whether ``stop_requested`` (a stop signal) holds on some
+    process, reduced in the same call (None in a single process, which needs no reduction).
 
     Processes see different batches: a bad batch gives one process a NaN loss while
     the others see a finite loss and the NaN gradients DDP averaged in. All must skip
@@ -93,8 +96,11 @@ def finite_on_every_process(loss, grad_norm, model, accelerator) -> torch.Tensor
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
     bad = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float().reshape(())
-    failed = accelerator.reduce(bad.to(accelerator.device), reduction="sum")
-    return failed == 0
+    if accelerator.num_processes == 1:
+        return bad == 0, None
+    flags = torch.stack([bad, bad.new_full((), float(stop_requested))]).to(accelerator.device)
+    failed, stopping = accelerator.reduce(flags, reduction="sum")
+    return failed == 0, stopping > 0
 
 
 @torch.no_grad()

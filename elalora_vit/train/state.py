@@ -16,6 +16,22 @@ from .tracking import Tracker
 
 
 @dataclass
+class EpochProgress:
+    """The epoch in progress: steps taken, the loss sum and count over the steps not
+    skipped (as read so far), and the seconds of its steps and of getting their batches.
+    Saved in a checkpoint written between two steps, so a resumed run continues the epoch."""
+
+    steps: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    data_s: float = 0.0  # host seconds spent getting the batches (reading, pinning, copying)
+    train_s: float = 0.0  # seconds of the steps, data included
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
 class RunState:
     """The model, its optimizer and schedule, the method's allocator and the run's
     counters: everything the loop updates, all of it saved in each checkpoint."""
@@ -30,6 +46,7 @@ class RunState:
     step: int = 0  # optimizer steps taken (skipped ones included)
     metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
     bad_in_a_row: int = 0  # non-finite steps since the last good one
+    progress: EpochProgress = field(default_factory=EpochProgress)  # the epoch in progress
     last_eval: float | None = None  # top-1 of the latest evaluation during training
     current_rank: int | None = None  # total adapter rank; changes only in an allocation round
     checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk (None: none yet)

@@ -11,8 +11,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = [
         f"{result['task']} / {result['method']} (seed {result['seed']}): "
         f"top-1 {result['accuracy']:.2f}% on {result['eval_split']}{_best(result)}",
-        f"  {result.get('epochs', '?')} epochs, {result.get('steps', '?')} steps in {_duration(result.get('wall_time_s'))}; "
-        f"{result['trainable_params']:,} trainable parameters",
+        f"  {result.get('epochs', '?')} epochs, {result.get('steps', '?')} steps in {_duration(result.get('wall_time_s'))}"
+        f"{_data_wait(result)}; {result['trainable_params']:,} trainable parameters",
     ]
     if result.get("total_rank") is not None:
         lines.append("  " + _rank_line(result))
@@ -20,6 +20,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines += [f"  warning: {w}" for w in warnings] or ["  health: no warnings"]
     lines.append(f"  outputs in {result['output_dir']}")
     return lines
+
+
+def _data_wait(result: dict[str, Any]) -> str:
+    share = result.get("data_wait_share")
+    return "" if share is None else f" (getting batches: {100 * share:.1f}% of the steps' time)"
 
 
 def _best(result: dict[str, Any]) -> str:

@@ -120,10 +120,10 @@ def read_outputs(out: Path) -> dict:
     result = json.loads((out / "result.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {
-        "result": {k: v for k, v in result.items() if k not in ("wall_time_s", "output_dir")},
+        "result": {k: v for k, v in result.items() if k not in ("wall_time_s", "data_wait_share", "output_dir")},
         "history": json.loads((out / "rank_history.json").read_text()),
         "adapter": load_file(str(out / "adapter.safetensors")),
-        "metrics": [{k: v for k, v in m.items() if k != "time_s"} for m in metrics],
+        "metrics": [{k: v for k, v in m.items() if k not in ("time_s", "steps_s", "data_s")} for m in metrics],
     }
 
 

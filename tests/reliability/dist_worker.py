@@ -13,14 +13,18 @@ The faults, each on one process only:
 - ``--nan-loss-at``: a NaN loss whose gradients stay finite (a NaN added as a constant),
   so only the cross-process finite check can make the other process skip too;
 - ``--skew-scores-on``: the process's importance scores are negated, so without the
-  broadcast of rank 0's scores the processes would decide differently.
+  broadcast of rank 0's scores the processes would decide differently;
+- ``--signal-at``: the process sends itself SIGTERM before that step, as a scheduler
+  stopping one process would, so only the loop's reduction of stop flags tells the other.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -78,7 +82,7 @@ def install_core_faults(nan_loss_at: int | None, nan_loss_on: int | None, skew_s
         ImportanceTracker.scores = skewed_scores
 
 
-def install(nan_at: int | None, nan_on: int | None) -> None:
+def install(nan_at: int | None, nan_on: int | None, signal_at: int | None = None, signal_on: int | None = None) -> None:
     from elalora_vit.train import loop
 
     class RecordingHealth(loop.HealthMonitor):
@@ -104,13 +108,15 @@ def install(nan_at: int | None, nan_on: int | None) -> None:
 
     step = 0
 
-    def batches(dataset, cfg, epoch, accelerator):
+    def batches(dataset, cfg, epoch, accelerator, start=0):
         nonlocal step
-        for x, y in original_batches(dataset, cfg, epoch, accelerator):
+        for x, y in original_batches(dataset, cfg, epoch, accelerator, start):
             step += 1
             snapshots.setdefault("labels", []).append(y.clone())
             if step == nan_at and accelerator.process_index == nan_on:
                 x = torch.full_like(x, float("nan"))  # a bad batch on one process only
+            if step == signal_at and accelerator.process_index == signal_on:
+                os.kill(os.getpid(), signal.SIGTERM)
             yield x, y
 
     loop.HealthMonitor = RecordingHealth
@@ -128,16 +134,24 @@ def main() -> int:
     parser.add_argument("--nan-loss-at", type=int)
     parser.add_argument("--nan-loss-on", type=int)
     parser.add_argument("--skew-scores-on", type=int)
+    parser.add_argument("--signal-at", type=int)
+    parser.add_argument("--signal-on", type=int)
     args = parser.parse_args(argv[:split])
-    install(args.nan_at, args.nan_on)
+    install(args.nan_at, args.nan_on, args.signal_at, args.signal_on)
     install_core_faults(args.nan_loss_at, args.nan_loss_on, args.skew_scores_on)
     from elalora_vit import cli
 
     code = cli.main(argv[split + 1 :])
+    # a process that exits with an error code makes torchrun stop the others: let none be
+    # stopped while it writes its record, and let the main process write first
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     snapshots["world"] = world
     torch.save(snapshots, args.dump_dir / f"process{rank}.pt")
+    deadline = time.monotonic() + 60
+    while rank != 0 and not (args.dump_dir / "process0.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     return code
 
 

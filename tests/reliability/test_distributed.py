@@ -82,6 +82,33 @@ def test_a_non_finite_loss_on_one_process_makes_every_process_skip_the_step(task
     assert_identical_rounds_and_adapters(p0, p1)
 
 
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step(task_root, tmp_path):
+    """Process 1 alone gets SIGTERM before step 5 (of 16, 4 an epoch): process 0 learns of it
+    through the reduction every step makes, both stop after the same step (the next read of
+    the device, at the end of epoch 2) with one checkpoint of it, and --resume under torchrun
+    ends exactly where an uninterrupted run ends."""
+    from elalora_vit.train import load_checkpoint
+    from tests.reliability.conftest import assert_same_outputs, read_outputs
+
+    (tmp_path / "uninterrupted").mkdir()
+    _, _, reference, _ = launch(task_root, tmp_path / "uninterrupted")
+    out, dumps = tmp_path / "run", tmp_path / "dumps"
+    dumps.mkdir()
+    overrides = tiny_overrides(task_root, out, **{"optim.epochs": 4, "optim.batch_size": 4, "optim.grad_clip": 0})
+    done = run_torchrun([str(WORKER), str(dumps), "--signal-at", "5", "--signal-on", "1", "--",
+                         *cli_train_args(overrides)], dumps)
+    assert done.returncode != 0
+    p0, p1 = (torch.load(dumps / f"process{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(p0["steps"]) == len(p1["steps"]) == 8, done.stderr[-3000:]
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert (saved["step"], saved["epoch"], saved["epoch_progress"]["steps"]) == (8, 1, 4)
+    assert done.stderr.count("stopped during epoch 2 at step 8 of 16; saved at step 8") == 1, done.stderr[-3000:]
+
+    resumed = run_torchrun([str(WORKER), str(dumps), "--", *cli_train_args(overrides), "--resume"], dumps)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_outputs(read_outputs(out), read_outputs(reference))
+
+
 def test_processes_whose_scores_differ_take_the_main_process_decisions(task_root, tmp_path):
     """Process 1 scores the ranks differently from process 0 (its scores are negated: DDP
     cannot make them equal); the broadcast of rank 0's scores makes both decide alike."""

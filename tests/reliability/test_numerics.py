@@ -23,9 +23,9 @@ def poison_batches(monkeypatch, nan_steps) -> None:
     """Turn the images of the given (1-based) optimizer steps into NaN: a bad batch."""
     original, step = loop._train_batches, 0
 
-    def batches(*args):
+    def batches(*args, **kwargs):
         nonlocal step
-        for x, y in original(*args):
+        for x, y in original(*args, **kwargs):
             step += 1
             yield (torch.full_like(x, float("nan")) if nan_steps(step) else x), y
 

@@ -75,6 +75,13 @@ def test_the_end_of_a_run_reports_one_final_accuracy(folder_root, tmp_path, caps
     assert f"total rank {result['total_rank']}" in text and f"in {result['rounds']} rounds" in text
     assert str(out) in text
 
+    # how long the steps took and how much of it went to getting batches, per epoch and for the run
+    lines = [json.loads(m) for m in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["steps_s"] > m["data_s"] > 0 for m in lines)
+    share = sum(m["data_s"] for m in lines) / sum(m["steps_s"] for m in lines)
+    assert result["data_wait_share"] == pytest.approx(share, abs=1e-4) and 0 < share < 1
+    assert f"(getting batches: {100 * result['data_wait_share']:.1f}% of the steps' time)" in text
+
 
 def test_a_rank_pruned_and_regrown_in_one_round_is_no_move():
     record = RoundRecord(step=10, b=3, pruned=["a", "b", "c"], expanded=["a", "d", "d"])

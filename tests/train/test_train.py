@@ -221,6 +221,7 @@ def test_by_default_checkpoints_cost_at_most_2_percent_of_the_run(epoch_seconds,
     class Clock:
         now = 0.0
         time = staticmethod(real_time.time)
+        perf_counter = staticmethod(real_time.perf_counter)
 
         @classmethod
         def monotonic(cls):
