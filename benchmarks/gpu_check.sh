@@ -37,7 +37,7 @@ PY
 if [ "${QUICK:-0}" = 1 ]; then
   DEV=cpu; MODEL=vit_tiny_patch16_224:32:8; TRAIN=48; TEST=64; EPOCHS=1; IMG=32
   printf 'model:\n  kwargs: {img_size: 32, patch_size: 8, depth: 2}\ndata:\n  image_size: 32\n' > "$WORK/tiny.yaml"
-  KW="--config $WORK/tiny.yaml --model vit_tiny_patch16_224"
+  KW="--config $WORK/tiny.yaml --model vit_tiny_patch16_224 --set optim.batch_size=16"
   PREC=fp32; INNER=1
 else
   DEV=cuda; MODEL=vit_base_patch16_224:224:64; TRAIN=1000; TEST=2000; EPOCHS=5; IMG=224; KW=""
