@@ -94,13 +94,15 @@ def _add_train(sub) -> None:
             "top-1 accuracy. Settings come from the built-in defaults, then --config, then the flags "
             "below, then --set KEY=VALUE (any config key, e.g. adapter.b=2). Outputs go to "
             "runs/<task>/<method>/seed<seed> unless --output says otherwise: config.yaml, metrics.jsonl, "
-            "result.json and checkpoint.pt (written every epoch; --resume continues from it); elalora, lora and "
+            "result.json and checkpoint.pt (written as often as keeps its cost under 2% of the run, see "
+            "--checkpoint-every; --resume continues from it); elalora, lora and "
             "adalora also write adapter.safetensors, rank_history.json and rank_heatmap.png (elalora and adalora "
             "also rank_evolution.png and importance_scores.png); full and linear "
             "write trained.safetensors. 'elalora-vit evaluate' adds eval-<split>.json. A folder holding a run is never overwritten "
             "without --resume or --overwrite, and a run holds .elalora.lock in its folder while it works: a second "
-            "process on that folder stops instead of touching it. Ctrl-C stops with exit code 130 (SIGTERM: 143) and prints the "
-            "command that continues the run."
+            "process on that folder stops instead of touching it. Ctrl-C during training finishes the current step, "
+            "checkpoints it and stops with exit code 130 (SIGTERM: 143), printing the command that continues the "
+            "run from that step; a second Ctrl-C stops at once."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
