@@ -26,7 +26,7 @@ class RunFiles:
     importance_scores: Path = field(init=False)  # the scores each round decided on (ElaLoRA, AdaLoRA)
     adapter: Path = field(init=False)  # the trained adapters and head (adapter methods)
     weights: Path = field(init=False)  # the trained parameters (full fine-tuning, linear probing)
-    checkpoint: Path = field(init=False)  # written after every epoch; a resumed run continues from it
+    checkpoint: Path = field(init=False)  # per checkpoint_every, and on Ctrl-C / SIGTERM; --resume reads it
     lock: Path = field(init=False)  # the folder lock's file (storage/lock.py): who holds the run
 
     def __post_init__(self) -> None:
