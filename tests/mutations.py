@@ -104,10 +104,10 @@ MUTATIONS = [
         ("tests/reliability/test_distributed.py::test_a_signal_to_one_process_stops_every_process_after_the_same_step",),
     ),
     Mutation(
-        "stop-not-deferred",  # train/stopping.py: StopSignals._received
+        "stop-not-deferred",  # stopping.py: StopSignals._received
         "Ctrl-C / SIGTERM during the steps stops at once, with no checkpoint of the step",
-        "elalora_vit/train/stopping.py",
-        "if self.deferring and (signum not in self._seen or not self._repeat_stops):",
+        "elalora_vit/stopping.py",
+        "if self.deferring and (not repeat or not self._repeat_stops):",
         "if False:",
         ("tests/reliability/test_interrupt.py",),
     ),

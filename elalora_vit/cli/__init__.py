@@ -15,12 +15,12 @@ several CPU processes: ``torchrun --standalone --nproc_per_node N -m elalora_vit
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
 from typing import Callable, Sequence
 
+from ..stopping import StopSignals
 from .common import _ExactFlags, _is_main_process, _is_user_error, resume_command, stopped_line
 from .data import _add_check_data, _add_list_tasks, _add_prepare
 from .sweep import SWEEP_EXAMPLES, _add_sweep, _add_tune
@@ -59,38 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO if _is_main_process() else logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
-    terminated: list[int] = []
+    # SIGTERM stops a command as Ctrl-C does: the same line, exit code 143; handlers put back after
+    signals = StopSignals()
     try:
-        with _sigterm_as_ctrl_c(terminated):
+        with signals:
             return func(args)
     except KeyboardInterrupt as stop:
         if _is_main_process():
             print(stopped_line(args.command, args.argv, stop), file=sys.stderr)
-        return 128 + signal.SIGTERM if terminated or getattr(stop, "signum", None) == signal.SIGTERM else 130
+        terminated = signal.SIGTERM in signals.received or getattr(stop, "signum", None) == signal.SIGTERM
+        return 128 + signal.SIGTERM if terminated else 130
     except Exception as err:
         if args.verbose or not _is_user_error(err):
             raise
         print(f"elalora-vit {args.command}: error: {err}", file=sys.stderr)
         return 2
 
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c(received: list[int]):
-    """SIGTERM (a scheduler pre-empting the job, ``kill``, ``timeout``) stops a command as Ctrl-C
-    does, with the same line saying where it stopped and how to continue, and exit code 143
-    instead of a silent death. The previous handler comes back afterwards. Only the main thread
-    can set a handler; elsewhere SIGTERM keeps its default."""
-
-    def stop(signum, frame):
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    try:
-        previous, installed = signal.signal(signal.SIGTERM, stop), True
-    except ValueError:  # not the main thread
-        previous, installed = None, False
-    try:
-        yield
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

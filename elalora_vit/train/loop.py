@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ..core import orthogonal_regularization
 from ..core.errors import first_line
 from ..storage.lock import FolderLock, FolderLocked, LockUnavailable
+from ..stopping import StopSignals
 from ..data import DataError, load_task_data, resolve_task
 from ..data.cache import resolve_cache_dir
 from ..data.transforms import device_batch
@@ -52,7 +53,6 @@ from .run_folder import FINISHED, NOTHING_TO_RESUME, OVERWRITE, RESUME, clear_ru
 from .runtime import (create_accelerator, evaluate, finite_on_every_process, main_process_decides, postfix,
                       process_logger, progress_bar)
 from .state import EpochProgress, RunState
-from .stopping import StopSignals
 from .tracking import make_tracker
 
 CHECKPOINT_SHARE = 0.02  # checkpoint_every's default: at most this share of a run's time spent writing checkpoints

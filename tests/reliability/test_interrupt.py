@@ -16,7 +16,7 @@ import pytest
 
 from elalora_vit.train import RunInterrupted, load_checkpoint, load_config, train
 from elalora_vit.train import loop
-from elalora_vit.train.stopping import StopSignals
+from elalora_vit.stopping import StopSignals
 from tests.reliability.conftest import (REPO, THREADS, assert_same_outputs, child_env, cli_train_args, read_outputs,
                                         run_cli)
 from tests.reliability.test_crash_resume import wait_for
@@ -146,9 +146,27 @@ def test_under_a_launcher_a_repeated_signal_is_still_one_stop(monkeypatch):
         assert _stops(signal.SIGINT)
 
 
-def test_the_sigterm_handler_is_put_back_after_a_command():
+def test_the_signal_handlers_are_put_back_after_a_command():
     from elalora_vit import cli
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert cli.main(["list-tasks"]) == 0
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.parametrize("sent, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_any_command_with_one_line_and_its_exit_code(sent, code, monkeypatch, capsys):
+    """Outside training too (here list-tasks): SIGTERM stops a command as Ctrl-C does, exit 143."""
+    from elalora_vit import cli
+    from elalora_vit.cli import data
+
+    def signalled(args):
+        os.kill(os.getpid(), sent)
+        raise AssertionError("the signal did not stop the command")
+
+    monkeypatch.setattr(data, "_list_tasks", signalled)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert cli.main(["list-tasks"]) == code
+    assert capsys.readouterr().err.strip() == "elalora-vit list-tasks: stopped (Ctrl-C)"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
